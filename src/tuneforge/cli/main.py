@@ -1,0 +1,120 @@
+"""`tuneforge` / `python -m tuneforge`: parse arguments, call the library, turn UserError into exit 2."""
+
+import argparse
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from tuneforge.errors import UserError
+
+EXAMPLES = {
+    "models": "tuneforge models",
+    "train": "tuneforge train recipes/pydocs-lora.yaml --set train.max_steps=50\n"
+             "  tuneforge train --resume runs/pydocs-lora",
+    "eval": "tuneforge eval runs/pydocs-lora",
+    "generate": "tuneforge generate runs/pydocs-lora --prompt 'What does `json.dumps` do?'",
+    "chat": "tuneforge chat runs/pydocs-lora",
+    "demo": "tuneforge demo",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tuneforge", description="Fine-tune pre-trained generative models on your own data.",
+        epilog="Quick start: tuneforge demo. Each command has --help with an example.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, epilog=f"example:\n  {EXAMPLES[name]}",
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    command("models", "List the model catalogue: size, architecture, source, licence, memory to fine-tune.")
+
+    p = command("train", "Fine-tune a model as a recipe says; writes a run folder under runs/.")
+    p.add_argument("recipe", nargs="?", help="recipe YAML file (see recipes/)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe key, for instance train.max_steps=100 (repeatable)")
+    p.add_argument("--resume", metavar="RUN", help="continue the run folder RUN from its newest checkpoint")
+    p.add_argument("--runs-dir", default="runs", help="where run folders go (default: runs)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run of the same name")
+
+    p = command("eval", "Evaluate a run: perplexity, ROUGE-L and BLEU of base and tuned model on the test split.")
+    p.add_argument("run", help="run folder, for instance runs/pydocs-lora")
+    p.add_argument("--max-samples", type=int, help="test prompts to generate for (default: the recipe's eval.max_samples)")
+
+    p = command("generate", "Answer one prompt with a run's fine-tuned model.")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--prompt", required=True, help="the user message")
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--base", action="store_true", help="answer with the base model instead (for comparison)")
+
+    p = command("chat", "Chat with a run's fine-tuned model in the terminal (streams tokens; /reset, /quit).")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--max-new-tokens", type=int, default=300)
+
+    p = command("demo", "Fine-tune the bundled model on the pydocs data set, evaluate it, print base vs tuned.")
+    p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of the demo recipe")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _quiet_libraries()
+    try:
+        return _run(args) or 0
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+
+
+def _quiet_libraries() -> None:
+    """tuneforge draws its own progress bars; the libraries' per-file bars and deprecation notes
+    about their own internals are noise to a user."""
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+def _run(args) -> int | None:
+    # Imports are local so `tuneforge --help` answers at once, without loading torch.
+    if args.command == "models":
+        from tuneforge.models.table import print_catalog
+
+        print_catalog()
+    elif args.command == "train":
+        from tuneforge.recipe import load_recipe
+        from tuneforge.train.run import resume, train
+
+        if args.resume:
+            if args.recipe or args.overrides:
+                raise UserError("--resume RUN continues a run with its recorded recipe; drop the recipe and --set.")
+            resume(Path(args.resume))
+        elif not args.recipe:
+            raise UserError("train needs a recipe file (for instance recipes/pydocs-lora.yaml) or --resume RUN.")
+        else:
+            train(load_recipe(args.recipe, args.overrides), Path(args.runs_dir), args.overwrite)
+    elif args.command == "eval":
+        from tuneforge.evaluate.run import evaluate_run
+
+        evaluate_run(Path(args.run), max_samples=args.max_samples)
+    elif args.command == "generate":
+        from tuneforge.inference.session import ChatSession
+
+        session = ChatSession.from_run(Path(args.run), base=args.base)
+        print(session.reply([{"role": "user", "content": args.prompt}], args.max_new_tokens))
+    elif args.command == "chat":
+        from tuneforge.inference.chat import interactive_chat
+
+        interactive_chat(Path(args.run), args.max_new_tokens)
+    elif args.command == "demo":
+        from tuneforge.cli.demo import run_demo
+
+        run_demo(Path(args.runs_dir), args.overrides)
+    return 0

@@ -1,0 +1,80 @@
+"""Examples -> (input_ids, labels) with the model's chat template; labels are -100 where no loss falls.
+
+The conversation is rendered to text once, the character spans of assistant answers are found by
+rendering each prefix, and the text is tokenised once with offsets: a token carries loss when it
+starts inside an answer span. That keeps tokenisation identical to what the model sees at inference.
+"""
+
+from dataclasses import dataclass
+
+from tuneforge.errors import UserError
+
+IGNORE = -100
+
+# ChatML, for tokenizers that come without a chat template (base models).
+DEFAULT_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
+    "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+@dataclass
+class Encoded:
+    id: str
+    input_ids: list[int]
+    labels: list[int]
+    truncated: bool
+
+    @property
+    def loss_tokens(self) -> int:
+        return sum(label != IGNORE for label in self.labels)
+
+
+def ensure_chat_template(tokenizer) -> None:
+    if not tokenizer.chat_template:
+        tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
+
+
+def render_prompt(tokenizer, messages: list[dict]) -> str:
+    """The text a model continues to answer `messages` (everything before the last assistant turn)."""
+    if messages and messages[-1]["role"] == "assistant":
+        messages = messages[:-1]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def encode(example: dict, tokenizer, max_length: int, train_on_prompt: bool = False) -> Encoded:
+    if "text" in example:
+        text = example["text"] + (tokenizer.eos_token or "")
+        ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+        labels = list(ids)
+    elif train_on_prompt:
+        text = tokenizer.apply_chat_template(example["messages"], tokenize=False)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        labels = list(ids)
+    else:
+        text, spans = _render_with_spans(tokenizer, example["messages"], example["id"])
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids = enc["input_ids"]
+        labels = [
+            token if any(a <= start < b for a, b in spans) else IGNORE
+            for token, (start, _end) in zip(ids, enc["offset_mapping"])
+        ]
+    truncated = len(ids) > max_length
+    return Encoded(example["id"], ids[:max_length], labels[:max_length], truncated)
+
+
+def _render_with_spans(tokenizer, messages: list[dict], example_id: str) -> tuple[str, list[tuple[int, int]]]:
+    """The whole conversation as text, and the (start, end) characters of each assistant answer."""
+    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    spans = []
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
+        after = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
+        if not (after.startswith(before) and full.startswith(after)):
+            raise UserError(f"example {example_id}: this model's chat template renders the conversation "
+                            "differently from its prefixes, so answer tokens cannot be located. "
+                            "Set data.train_on_prompt: true to train on every token.")
+        spans.append((len(before), len(after)))
+    return full, spans

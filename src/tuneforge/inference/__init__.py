@@ -1,0 +1,1 @@
+"""Generation with a run's model: batched greedy answers for evaluation, one-off and chat replies."""

@@ -1,0 +1,25 @@
+"""Batched greedy generation: left padding, KV cache, prompts of similar length batched together."""
+
+import torch
+from tqdm import tqdm
+from transformers import GenerationConfig
+
+
+@torch.no_grad()
+def generate_batch(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int,
+                   desc: str = "generate") -> list[str]:
+    """Greedy continuations of already-rendered prompts, in the order given."""
+    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                              eos_token_id=tokenizer.eos_token_id)
+    tokenizer.padding_side = "left"
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    outputs: list[str] = [""] * len(prompts)
+    device = next(model.parameters()).device
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False):
+        chunk = order[start:start + batch_size]
+        enc = tokenizer([prompts[i] for i in chunk], return_tensors="pt", padding=True,
+                        add_special_tokens=False).to(device)
+        out = model.generate(**enc, generation_config=config)
+        for i, row in zip(chunk, out[:, enc["input_ids"].shape[1]:]):
+            outputs[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
+    return outputs

