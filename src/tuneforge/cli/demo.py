@@ -36,6 +36,6 @@ def run_demo(runs_dir: Path, overrides: list[str]) -> None:
     print("\nTwo test answers (the first two generated, not picked):\n")
     for sample in samples[:2]:
         print(format_side_by_side(sample) + "\n")
-    total = time.perf_counter() - started
-    print(f"Time: {total / 60:.1f} min (training {(trained - started) / 60:.1f} min, "
-          f"evaluation {(total - trained + started - started) / 60:.1f} min).")
+    finished = time.perf_counter()
+    print(f"Time: {(finished - started) / 60:.1f} min (training {(trained - started) / 60:.1f} min, "
+          f"evaluation {(finished - trained) / 60:.1f} min).")

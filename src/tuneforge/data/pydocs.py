@@ -16,8 +16,11 @@ import sys
 import sysconfig
 from pathlib import Path
 
-# Platform-specific, GUI, demo, test and deprecated packages: not documentation people ask about.
+# Platform-specific, GUI, demo and test packages, and the "dead batteries" PEP 594 removed in 3.13:
+# not documentation people ask about, and keeping them out keeps the set alike across Python versions.
 _SKIP = {
+    "aifc", "asynchat", "asyncore", "audioop", "cgi", "cgitb", "chunk", "crypt", "imghdr", "imp", "mailcap",
+    "nis", "nntplib", "ossaudiodev", "pipes", "smtpd", "sndhdr", "spwd", "sunau", "telnetlib", "uu", "xdrlib",
     "antigravity", "this", "idlelib", "tkinter", "turtle", "turtledemo", "test", "lib2to3", "ensurepip",
     "pydoc_data", "msilib", "winreg", "winsound", "nt", "ntpath", "nturl2path", "xxsubtype", "xxlimited",
     "xxlimited_35", "distutils", "sre_compile", "sre_constants", "sre_parse", "_pydecimal", "__phello__",

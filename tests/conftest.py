@@ -1,0 +1,90 @@
+"""Shared fixtures: a tiny random Llama with a real BPE tokenizer and ChatML template, built in-process
+(no downloads), and small chat data sets written as JSONL."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+_CORPUS = [
+    "What is the sum of two numbers? The answer is a number.",
+    "Return the square root of x. Return the number of items in a container.",
+    "system user assistant You are a helpful assistant.",
+] * 20
+
+
+def build_tiny_model(folder: Path, layers: int = 2) -> Path:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from tuneforge.data.tokenize import DEFAULT_CHAT_TEMPLATE
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(_CORPUS, trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|im_end|>")
+    tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"), layers=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_model):
+    from tuneforge.models.loader import load_tokenizer
+
+    return load_tokenizer(tiny_model)
+
+
+def arithmetic_rows(n: int) -> list[dict]:
+    return [{"messages": [{"role": "user", "content": f"What is {i} plus {i % 7}?"},
+                          {"role": "assistant", "content": f"The answer is {i + i % 7}."}]} for i in range(n)]
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def chat_file(tmp_path) -> Path:
+    return write_jsonl(tmp_path / "chat.jsonl", arithmetic_rows(120))
+
+
+@pytest.fixture
+def tiny_recipe(tiny_model, chat_file):
+    """A recipe that trains the tiny model on arithmetic chat rows in a few seconds."""
+    from tuneforge.recipe import validate_recipe
+
+    def make(**sections):
+        raw = {"name": "tiny", "seed": 0, "model": {"name": str(tiny_model)},
+               "data": {"source": str(chat_file), "val_ratio": 0.1, "test_ratio": 0.1, "max_length": 64},
+               "train": {"global_batch_size": 8, "max_steps": 6, "eval_every": 3, "save_every": 3,
+                         "log_every": 1, "eval_examples": 8, "precision": "fp32"},
+               "eval": {"max_samples": 4, "max_new_tokens": 8, "batch_size": 4}}
+        for key, value in sections.items():
+            if isinstance(value, dict):
+                raw.setdefault(key, {}).update(value)
+            else:
+                raw[key] = value
+        return validate_recipe(raw)
+
+    return make

@@ -1,0 +1,90 @@
+"""The command line as a user meets it: a real subprocess, exit codes, messages, nothing half-written."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import arithmetic_rows, write_jsonl
+
+COMMANDS = ["models", "train", "eval", "generate", "chat", "demo"]
+
+
+def tuneforge(*args, cwd, env_extra=None):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "tuneforge", *args], cwd=cwd, capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_with_an_example(command, tmp_path):
+    out = tuneforge(command, "--help", cwd=tmp_path)
+    assert out.returncode == 0 and "example:" in out.stdout and f"tuneforge {command}" in out.stdout
+
+
+def test_models_lists_the_catalogue(tmp_path):
+    out = tuneforge("models", cwd=tmp_path)
+    assert out.returncode == 0
+    assert "smollm2-135m-instruct *" in out.stdout and "Apache-2.0" in out.stdout and "LoRA GiB" in out.stdout
+
+
+def _recipe(tmp_path, tiny_model, data, extra=""):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(f"name: cli\nmodel:\n  name: {tiny_model}\ndata:\n  source: {data}\n"
+                    f"train:\n  global_batch_size: 4\n  max_steps: 2\n{extra}")
+    return path
+
+
+BAD_INPUTS = {
+    "missing recipe": (lambda tmp, model: ["train", "nope.yaml"], "nope.yaml: recipe file not found"),
+    "unknown key": (lambda tmp, model: ["train", str(_recipe(tmp, model, tmp / "d.jsonl", "  warmup: 3\n"))],
+                    "recipe.yaml:9: unknown key 'train.warmup'"),
+    "wrong type": (lambda tmp, model: ["train", str(_recipe(tmp, model, tmp / "d.jsonl")), "--set",
+                                       "train.max_steps=lots"], "train.max_steps: Input should be a valid integer"),
+    "missing data": (lambda tmp, model: ["train", str(_recipe(tmp, model, tmp / "absent.jsonl"))],
+                     "absent.jsonl: data file not found"),
+    "malformed line": (lambda tmp, model: ["train", str(_recipe(tmp, model, write_jsonl(
+        tmp / "bad.jsonl", arithmetic_rows(3) + ['{"messages": oops}'])))], "bad.jsonl:4: not valid JSON"),
+    "no usable field": (lambda tmp, model: ["train", str(_recipe(tmp, model, write_jsonl(
+        tmp / "odd.jsonl", [{"question": "q"}])))], "odd.jsonl:1: no usable field"),
+    "empty data": (lambda tmp, model: ["train", str(_recipe(tmp, model, write_jsonl(tmp / "e.jsonl", [])))],
+                   "e.jsonl: no examples"),
+    "unreachable hub id": (lambda tmp, model: ["train", str(_recipe(tmp, "no-such-org/no-such-model",
+                                                                    tmp / "d.jsonl"))],
+                           "model 'no-such-org/no-such-model': no local folder of that name"),
+    "eval of a non-run": (lambda tmp, model: ["eval", str(tmp)], "not a tuneforge run folder"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS, ids=list(BAD_INPUTS))
+def test_bad_input_exits_2_with_one_clear_message(case, tmp_path, tiny_model):
+    write_jsonl(tmp_path / "d.jsonl", arithmetic_rows(20))
+    make_args, expected = BAD_INPUTS[case]
+    out = tuneforge(*make_args(tmp_path, tiny_model), cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr and expected in out.stderr, out.stderr
+    assert out.stderr.startswith("error: ")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_train_generate_and_resume_hint(tmp_path, tiny_model):
+    write_jsonl(tmp_path / "d.jsonl", arithmetic_rows(40))
+    out = tuneforge("train", str(_recipe(tmp_path, tiny_model, tmp_path / "d.jsonl")), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "runs" / "cli" / "model" / "adapter_model.safetensors").is_file()
+    out = tuneforge("generate", "runs/cli", "--prompt", "What is 2 plus 2?", "--max-new-tokens", "5", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    out = tuneforge("train", "--resume", "runs/cli", cwd=tmp_path)
+    assert out.returncode == 2 and "already finished" in out.stderr
+
+
+def test_chat_reads_turns_until_quit(tmp_path, tiny_model):
+    write_jsonl(tmp_path / "d.jsonl", arithmetic_rows(40))
+    assert tuneforge("train", str(_recipe(tmp_path, tiny_model, tmp_path / "d.jsonl")), cwd=tmp_path).returncode == 0
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-m", "tuneforge", "chat", "runs/cli", "--max-new-tokens", "4"],
+                         cwd=tmp_path, input="What is 1 plus 1?\n/reset\nAnd 2 plus 2?\n/quit\n",
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("model> ") == 2 and "(new conversation)" in out.stdout

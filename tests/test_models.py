@@ -1,0 +1,34 @@
+import pytest
+
+from tuneforge.errors import UserError
+from tuneforge.models.catalog import CATALOG, DEFAULT_MODEL
+from tuneforge.models.loader import load_model, load_tokenizer, resolve_model
+from tuneforge.models.table import memory_gib
+
+
+def test_local_folder_goes_through_the_same_loader(tiny_model):
+    folder = resolve_model(str(tiny_model))
+    assert folder == tiny_model
+    model, tokenizer = load_model(folder), load_tokenizer(folder)
+    assert model.config.vocab_size == len(tokenizer) and tokenizer.pad_token is not None
+
+
+def test_folder_without_config_is_refused(tmp_path):
+    with pytest.raises(UserError, match="not a Hugging Face model folder"):
+        resolve_model(str(tmp_path))
+
+
+def test_unreachable_hub_id_fails_with_one_line(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError) as e:
+        resolve_model("no-such-org/no-such-model")
+    assert "\n" not in str(e.value) and "pass the folder: model.name: /path/to/folder" in str(e.value)
+
+
+def test_catalogue_memory_grows_with_size_and_method():
+    entries = sorted(CATALOG.values(), key=lambda e: e.params)
+    assert entries[0].name == DEFAULT_MODEL and CATALOG[DEFAULT_MODEL].bundled
+    for entry in entries:
+        assert memory_gib(entry, "lora") < memory_gib(entry, "full")
+    full = [memory_gib(e, "full") for e in entries]
+    assert full == sorted(full)
