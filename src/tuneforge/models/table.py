@@ -25,5 +25,5 @@ def print_catalog() -> None:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip())
-    print(f"\n* default, works offline. Memory: fp32 AdamW, micro-batch 4 x 512 tokens (estimate).\n"
+    print("\n* default, works offline. Memory: fp32 AdamW, micro-batch 4 x 512 tokens (estimate).\n"
           "Hub models download on first use (network needed); model.name also takes a local folder.")
