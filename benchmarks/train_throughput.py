@@ -22,16 +22,12 @@ from tuneforge.recipe import validate_recipe
 from tuneforge.train.hardware import DTYPES
 from tuneforge.train.loop import Trainee, make_optimizer, train_step
 from tuneforge.train.methods import apply_method
-from tuneforge.train.plan import make_plan
 
 
 def measure(method: str, precision: str, steps: int, data, tokenizer, folder) -> dict:
     recipe = validate_recipe({"method": method, "train": {"global_batch_size": 16, "max_steps": steps + 1}})
     model = apply_method(load_model(folder), recipe)
-    plan = make_plan(global_batch=16, micro_batch=16, n_train=len(data), max_steps=steps + 1, epochs=1,
-                     warmup_ratio=0, longest_example=256, total_params=1, trainable_params=1, layers=1, hidden=1,
-                     bytes_per_value=4, device="cpu")
-    optimizer, scheduler = make_optimizer(model, recipe, plan)
+    optimizer, scheduler = make_optimizer(model, recipe, warmup_steps=0, total_steps=steps + 1)
     trainee = Trainee(model, optimizer, scheduler, tokenizer.pad_token_id, "cpu", precision)
     batches = [list(range(i * 16, (i + 1) * 16)) for i in range(steps + 1)]
     train_step(trainee, data, batches[0], 16, 1.0)  # warm-up

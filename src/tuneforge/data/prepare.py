@@ -4,7 +4,7 @@ import hashlib
 import json
 import random
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from tuneforge.data.pydocs import build_pydocs
@@ -18,8 +18,8 @@ from tuneforge.recipe import Recipe
 @dataclass
 class PreparedData:
     examples: dict[str, list[dict]]
-    encoded: dict[str, list[Encoded]] = field(default_factory=dict)
-    manifest: dict = field(default_factory=dict)
+    encoded: dict[str, list[Encoded]]
+    manifest: dict
 
 
 def load_examples(recipe: Recipe) -> tuple[list[dict], dict]:

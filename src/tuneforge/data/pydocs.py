@@ -24,7 +24,7 @@ _SKIP = {
     "antigravity", "this", "idlelib", "tkinter", "turtle", "turtledemo", "test", "lib2to3", "ensurepip",
     "pydoc_data", "msilib", "winreg", "winsound", "nt", "ntpath", "nturl2path", "xxsubtype", "xxlimited",
     "xxlimited_35", "distutils", "sre_compile", "sre_constants", "sre_parse", "_pydecimal", "__phello__",
-    "pip", "setuptools", "asyncio.windows_events", "asyncio.windows_utils", "encodings", "multiprocessing.popen_spawn_win32",
+    "asyncio.windows_events", "asyncio.windows_utils", "encodings", "multiprocessing.popen_spawn_win32",
 }
 _SIGNATURE = re.compile(r"^[\w.]+\(.*\)(\s*->.*)?$", re.S)
 _MIN_CHARS, _MAX_CHARS = 30, 500

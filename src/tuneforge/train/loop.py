@@ -37,7 +37,7 @@ class Trainee:
         return torch.autocast(self.device, dtype=DTYPES[self.precision])
 
 
-def make_optimizer(model, recipe: Recipe, plan: TrainPlan):
+def make_optimizer(model, recipe: Recipe, warmup_steps: int, total_steps: int):
     from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
     params = trainable_parameters(model).values()
@@ -46,7 +46,7 @@ def make_optimizer(model, recipe: Recipe, plan: TrainPlan):
               {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=recipe.learning_rate())
     scheduler = get_cosine_with_min_lr_schedule_with_warmup(
-        optimizer, plan.warmup_steps, plan.total_steps, min_lr_rate=recipe.train.min_lr_ratio)
+        optimizer, warmup_steps, total_steps, min_lr_rate=recipe.train.min_lr_ratio)
     return optimizer, scheduler
 
 

@@ -7,6 +7,7 @@ the answer tokens only, instead of on every position, avoids the full batch x se
 import torch
 import torch.nn.functional as F
 
+from tuneforge.data.batches import collate
 from tuneforge.data.tokenize import IGNORE
 
 
@@ -33,8 +34,6 @@ def _head_is_plain(config) -> bool:
 @torch.no_grad()
 def mean_loss(model, examples: list, micro_batch: int, pad_id: int, device: str, autocast) -> tuple[float, int]:
     """Token-weighted mean loss over examples (exact under padding), and the number of loss tokens."""
-    from tuneforge.data.batches import collate
-
     was_training = model.training
     model.eval()
     total, count = 0.0, 0

@@ -93,7 +93,7 @@ def _setup(recipe: Recipe, examples: dict[str, list[dict]] | None = None) -> Set
     recipe.train.max_steps = plan.total_steps
     print(f"Recipe (resolved):\n{recipe.to_yaml()}")
     print(f"Plan ({recipe.method} on {model_dir.name}, {device}, {precision}):\n{format_plan(plan, total, trainable)}")
-    optimizer, scheduler = make_optimizer(model, recipe, plan)
+    optimizer, scheduler = make_optimizer(model, recipe, plan.warmup_steps, plan.total_steps)
     trainee = Trainee(model, optimizer, scheduler, tokenizer.pad_token_id, device, precision)
     return Setup(recipe, tokenizer, data, trainee, plan)
 
