@@ -15,7 +15,8 @@ from pathlib import Path
 import psutil
 import torch
 
-from tuneforge.data.prepare import prepare
+from tuneforge.data.prepare import encode_splits, prepared_folder, read_split
+from tuneforge.data.split import SPLITS
 from tuneforge.data.tokenize import ensure_chat_template
 from tuneforge.models.loader import load_model, load_tokenizer, resolve_model
 from tuneforge.recipe import validate_recipe
@@ -51,7 +52,9 @@ def main() -> None:
     folder = resolve_model("smollm2-135m-instruct")
     tokenizer = load_tokenizer(folder)
     ensure_chat_template(tokenizer)
-    data = prepare(validate_recipe({"data": {"max_length": 256}}), tokenizer).encoded["train"]
+    recipe = validate_recipe({"data": {"max_length": 256}})
+    folder_data = prepared_folder(recipe, tokenizer)
+    data = encode_splits({name: read_split(folder_data, name) for name in SPLITS}, recipe, tokenizer).encoded["train"]
     results = []
     for method in args.methods.split(","):
         for precision in args.precisions.split(","):

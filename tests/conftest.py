@@ -76,7 +76,7 @@ def tiny_recipe(tiny_model, chat_file):
 
     def make(**sections):
         raw = {"name": "tiny", "seed": 0, "model": {"name": str(tiny_model)},
-               "data": {"source": str(chat_file), "val_ratio": 0.1, "test_ratio": 0.1, "max_length": 64},
+               "data": {"sources": [str(chat_file)], "val_ratio": 0.1, "test_ratio": 0.1, "max_length": 64},
                "train": {"global_batch_size": 8, "max_steps": 6, "eval_every": 3, "save_every": 3,
                          "log_every": 1, "eval_examples": 8, "precision": "fp32"},
                "eval": {"max_samples": 4, "max_new_tokens": 8, "batch_size": 4}}
@@ -88,3 +88,24 @@ def tiny_recipe(tiny_model, chat_file):
         return validate_recipe(raw)
 
     return make
+
+
+@pytest.fixture
+def prepare_into(tmp_path, tiny_tokenizer):
+    """prepare_into(sources, **data_keys) -> (folder, manifest): run the data pipeline with the tiny
+    tokenizer into a new folder under tmp_path."""
+    from tuneforge.data.prepare import prepare_data
+    from tuneforge.recipe import validate_recipe
+
+    counter = iter(range(1000))
+
+    def run(sources, seed: int = 0, train: dict | None = None, **data):
+        recipe = validate_recipe({"seed": seed, "data": {"sources": sources, **data}, "train": train or {}})
+        folder = tmp_path / f"prepared-{next(counter)}"
+        return folder, prepare_data(recipe, tiny_tokenizer, folder)
+
+    return run
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line]

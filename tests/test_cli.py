@@ -31,7 +31,7 @@ def test_models_lists_the_catalogue(tmp_path):
 
 def _recipe(tmp_path, tiny_model, data, extra=""):
     path = tmp_path / "recipe.yaml"
-    path.write_text(f"name: cli\nmodel:\n  name: {tiny_model}\ndata:\n  source: {data}\n"
+    path.write_text(f"name: cli\nmodel:\n  name: {tiny_model}\ndata:\n  sources: [{data}]\n"
                     f"train:\n  global_batch_size: 4\n  max_steps: 2\n{extra}")
     return path
 

@@ -1,29 +1,40 @@
 from collections import Counter
 
-from tuneforge.data.pydocs import build_pydocs
-from tuneforge.data.split import split_examples
+import numpy as np
 
-IDS = [{"id": f"row-{i}"} for i in range(2000)]
+from tuneforge.data.pydocs import build_pydocs
+from tuneforge.data.split import SPLITS, TEST, VAL, assign_splits, unit_hash
+
+IDS = [f"row-{i}" for i in range(2000)]
+
+
+def split(ids, seed=0, val=0.1, test=0.2, strata=None):
+    codes = assign_splits(np.array([unit_hash(i, seed) for i in ids]), val, test, strata)
+    return {i: SPLITS[c] for i, c in zip(ids, codes)}
 
 
 def test_split_is_deterministic_and_close_to_ratios():
-    a = split_examples(IDS, seed=0, val_ratio=0.1, test_ratio=0.2)
-    b = split_examples(list(reversed(IDS)), seed=0, val_ratio=0.1, test_ratio=0.2)
-    assert {k: sorted(e["id"] for e in v) for k, v in a.items()} == {k: sorted(e["id"] for e in v) for k, v in b.items()}
-    assert 150 < len(a["val"]) < 250 and 330 < len(a["test"]) < 470
+    a, b = split(IDS), split(list(reversed(IDS)))
+    assert a == b
+    counts = Counter(a.values())
+    assert 150 < counts["val"] < 250 and 330 < counts["test"] < 470
 
 
 def test_appending_rows_moves_no_existing_example():
-    before = split_examples(IDS[:1000], seed=3, val_ratio=0.1, test_ratio=0.1)
-    after = split_examples(IDS, seed=3, val_ratio=0.1, test_ratio=0.1)
-    where_after = {e["id"]: name for name, rows in after.items() for e in rows}
-    assert all(where_after[e["id"]] == name for name, rows in before.items() for e in rows)
+    before, after = split(IDS[:1000], seed=3), split(IDS, seed=3)
+    assert all(after[i] == name for i, name in before.items())
 
 
 def test_seed_changes_the_split():
-    a = split_examples(IDS, seed=0, val_ratio=0.1, test_ratio=0.1)
-    b = split_examples(IDS, seed=1, val_ratio=0.1, test_ratio=0.1)
-    assert [e["id"] for e in a["test"]] != [e["id"] for e in b["test"]]
+    assert split(IDS, seed=0) != split(IDS, seed=1)
+
+
+def test_stratified_split_gives_every_value_its_share():
+    strata = np.array([0] * 1900 + [1] * 100)  # a rare class
+    codes = assign_splits(np.array([unit_hash(i, 0) for i in IDS]), 0.1, 0.1, strata)
+    for value, n in ((0, 1900), (1, 100)):
+        rows = codes[strata == value]
+        assert (rows == TEST).sum() == round(n * 0.1) and (rows == VAL).sum() == round(n * 0.1)
 
 
 def test_pydocs_is_deterministic_and_real():

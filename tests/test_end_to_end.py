@@ -39,7 +39,7 @@ def test_real_chat_template_loss_mask():
 def test_train_and_eval_on_the_bundled_model(tmp_path):
     recipe = validate_recipe({
         "name": "e2e", "model": {"name": DEFAULT_MODEL},
-        "data": {"source": "pydocs", "max_length": 128, "max_train_examples": 64},
+        "data": {"sources": ["pydocs"], "max_length": 128, "max_train_examples": 64},
         "train": {"global_batch_size": 8, "max_steps": 3, "eval_every": 3, "eval_examples": 8, "save_every": 3},
         "eval": {"max_samples": 4, "max_new_tokens": 24, "batch_size": 4},
     })

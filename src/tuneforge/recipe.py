@@ -5,10 +5,10 @@ resolved recipe (every default filled in) is printed at start and saved as runs/
 """
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tuneforge.errors import UserError
 
@@ -28,20 +28,115 @@ class ModelSection(Section):
     """A catalogue name (see `tuneforge models`), a local Hugging Face folder, or a hub id."""
 
 
+Role = Literal["system", "user", "assistant"]
+Split = Literal["train", "val", "test"]
+RowFormat = Literal["auto", "text", "prompt_completion", "alpaca", "messages", "sharegpt", "preference"]
+
+
+class SourceSpec(Section):
+    path: str
+    """A file (.jsonl, .json, .csv, .tsv, .parquet, .txt/.md), a folder of text files, a folder written by
+    `datasets`' save_to_disk, a Hugging Face hub data set id (owner/name, needs network), or `pydocs`."""
+    format: RowFormat = "auto"
+    """Row shape; `auto` detects it per row from the column names."""
+    columns: dict[str, str] = {}
+    """Your column for each field the format needs, for instance {prompt: question, completion: answer}."""
+    roles: dict[str, Role] = {}
+    """Extra role names and what they mean, for instance {agent: assistant, customer: user}."""
+    weight: float = Field(1.0, gt=0.0)
+    """Oversampling of this source's training rows: 2 repeats each row twice, 1.5 repeats half of them."""
+    split: Split | None = None
+    """Put every row of this source into this split instead of splitting by ratio."""
+    encoding: str | None = None
+    """Text encoding; empty means UTF-8, or what the file's byte-order mark says (UTF-16/32)."""
+    text_unit: Literal["auto", "file", "line", "block"] = "auto"
+    """For text files: one example per file, per line, or per blank-line-separated block; `auto` is
+    `file` for a folder and `block` for a single file."""
+    json_field: str | None = None
+    """For a JSON object file: the key of the list of rows; empty means the first list found."""
+    hf_split: str | None = None
+    """For a saved `datasets` folder or a hub data set: which split to read (default `train`)."""
+    hf_config: str | None = None
+    """For a hub data set: the configuration name, if it has several."""
+
+
+class CleanSection(Section):
+    unicode_nfc: bool = True
+    """Normalise text to Unicode NFC (one code point sequence per visible character)."""
+    whitespace: bool = True
+    """Remove control and zero-width characters, unify line ends, strip trailing spaces and runs of
+    blank lines (indentation inside lines is kept)."""
+    strip_html: bool = False
+    """Remove HTML tags (and script/style content) and decode entities."""
+    pii: bool = False
+    """Replace e-mail addresses, phone numbers, IP addresses and card numbers with [EMAIL], [PHONE],
+    [IP_ADDRESS], [CARD_NUMBER]."""
+    pii_patterns: dict[str, str] = {}
+    """More PII patterns: placeholder name -> regular expression, for instance {EMPLOYEE_ID: 'EMP-\\d{6}'}."""
+    min_tokens: int | None = Field(None, ge=1)
+    """Drop examples shorter than this many tokens (rendered with the chat template)."""
+    max_tokens: int | None = Field(None, ge=1)
+    """Drop (rather than truncate) examples longer than this many tokens."""
+    dedup_exact: bool = True
+    """Drop rows whose normalised text (case-folded, whitespace collapsed) repeats an earlier row."""
+    dedup_near: bool = True
+    """Drop rows that nearly repeat an earlier row (MinHash LSH over word n-grams)."""
+    near_threshold: float = Field(0.8, gt=0.0, lt=1.0)
+    """Estimated Jaccard similarity of word n-grams above which two rows are near duplicates."""
+    near_ngram: int = Field(3, ge=1)
+    """Words per n-gram for near-duplicate detection."""
+    leakage_check: bool = True
+    """Remove val/test rows that exactly or nearly duplicate a training row."""
+
+
+class AugmentSection(Section):
+    synthetic: int = Field(0, ge=0)
+    """New training examples to generate self-instruct style: the model writes a question like a few
+    seed examples, then answers it. Synthetic rows never enter val or test."""
+    paraphrases: int = Field(0, ge=0)
+    """Training prompts to paraphrase with the model (each paraphrase keeps the original answer)."""
+    model: str | None = None
+    """Model that writes them; empty means the recipe's model."""
+    seeds_per_prompt: int = Field(3, ge=1)
+    """Seed examples shown to the model for each synthetic question."""
+    temperature: float = Field(0.8, gt=0.0)
+    """Sampling temperature for new questions and paraphrases."""
+    max_new_tokens: int = Field(128, ge=8)
+    """Most tokens per generated question or answer."""
+
+
 class DataSection(Section):
-    source: str = "pydocs"
-    """`pydocs` (the built-in Python documentation set) or a JSONL file of `messages`,
-    `prompt` + `completion`, or `text` rows."""
+    sources: list[SourceSpec] = [SourceSpec(path="pydocs")]
+    """Where rows come from: a list of paths, or of {path, format, columns, weight, split, ...}."""
+    system_prompt: str | None = None
+    """System message added to chat examples that have none."""
+    skip_invalid: bool = False
+    """Skip invalid rows (counted, and written with the reason to rejects.jsonl) instead of stopping."""
+    max_row_chars: int = Field(100_000, ge=100)
+    """Rows with more characters than this are invalid (a sign of a broken export)."""
     val_ratio: float = Field(0.05, ge=0.0, lt=0.5)
     """Share of examples held out for validation loss and early stopping."""
     test_ratio: float = Field(0.05, ge=0.0, lt=0.5)
     """Share of examples held out for `tuneforge eval`."""
+    stratify_by: str | None = None
+    """Column whose values each get the val/test ratios exactly (for instance a category or label)."""
+    clean: CleanSection = CleanSection()
+    augment: AugmentSection = AugmentSection()
     max_length: int = Field(384, ge=16)
-    """Tokens per example; longer examples are cut (the manifest counts how many)."""
+    """Tokens per example in training; longer examples are cut (the report counts how many)."""
     train_on_prompt: bool = False
     """Put loss on prompt / user tokens too, not only on the assistant's answer."""
     max_train_examples: int | None = Field(None, ge=1)
     """Use at most this many training examples (a fixed, seeded subset)."""
+
+    @field_validator("sources", mode="before")
+    @classmethod
+    def _paths_as_sources(cls, value):
+        """`sources: file.jsonl` and `sources: [a.csv, {path: b.jsonl, weight: 2}]` are shorthands."""
+        value = [value] if isinstance(value, (str, dict)) else value
+        if isinstance(value, list):
+            return [{"path": item} if isinstance(item, str) else item for item in value]
+        return value
 
 
 class LoraSection(Section):
@@ -142,12 +237,14 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise UserError(f"{path}: a recipe is a YAML mapping of keys (name:, model:, data:, ...), got {type(raw).__name__}.")
+    return validate_recipe(raw, source=str(path), lines=lines, overrides=overrides)
+
+
+def validate_recipe(raw: dict, source: str = "recipe", lines: dict[tuple, int] | None = None,
+                    overrides: list[str] = ()) -> Recipe:
+    """A Recipe from a mapping, after `key.sub=value` overrides; UserError naming each bad key."""
     for item in overrides:
         _apply_override(raw, item)
-    return validate_recipe(raw, source=str(path), lines=lines)
-
-
-def validate_recipe(raw: dict, source: str = "recipe", lines: dict[tuple, int] | None = None) -> Recipe:
     try:
         return Recipe.model_validate(raw)
     except ValidationError as e:
@@ -194,7 +291,10 @@ def _describe(err: dict, source: str, lines: dict[tuple, int]) -> str:
 def _section_at(loc: tuple) -> type[Section]:
     section: type[Section] = Recipe
     for part in loc:
-        section = section.model_fields[part].annotation
+        if part.isdigit():  # an item of a list of sections (data.sources.0)
+            continue
+        annotation = section.model_fields[part].annotation
+        section = next((a for a in get_args(annotation) if isinstance(a, type) and issubclass(a, Section)), annotation)
     return section
 
 

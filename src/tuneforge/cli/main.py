@@ -16,6 +16,10 @@ EXAMPLES = {
     "generate": "tuneforge generate runs/pydocs-lora --prompt 'What does `json.dumps` do?'",
     "chat": "tuneforge chat runs/pydocs-lora",
     "demo": "tuneforge demo",
+    "data": "tuneforge data prepare recipes/own-data.yaml\n  tuneforge data preview recipes/own-data.yaml -n 3",
+    "data prepare": "tuneforge data prepare recipes/own-data.yaml --out prepared/own-data\n"
+                    "  tuneforge data prepare --data tickets.csv chats.jsonl --out prepared/tickets",
+    "data preview": "tuneforge data preview recipes/own-data.yaml -n 3",
 }
 
 
@@ -25,9 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Quick start: tuneforge demo. Each command has --help with an example.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def command(name: str, help: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help, description=help, epilog=f"example:\n  {EXAMPLES[name]}",
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    def command(name: str, help: str, parent=sub) -> argparse.ArgumentParser:
+        return parent.add_parser(name.split()[-1], help=help, description=help,
+                                 epilog=f"example:\n  {EXAMPLES[name]}",
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
 
     command("models", "List the model catalogue: size, architecture, source, licence, memory to fine-tune.")
 
@@ -38,6 +43,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN", help="continue the run folder RUN from its newest checkpoint")
     p.add_argument("--runs-dir", default="runs", help="where run folders go (default: runs)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run of the same name")
+
+    data = command("data", "Prepare data (read, validate, clean, deduplicate, split, report) or preview it.")
+    data_sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
+    p = command("data prepare", "Prepare a recipe's data (or --data files): splits, manifest.json, rejects, report.",
+                data_sub)
+    p.add_argument("recipe", nargs="?", help="recipe YAML file whose data section to use")
+    p.add_argument("--data", nargs="+", metavar="FILE", help="data files or folders instead of a recipe")
+    p.add_argument("--model", help="model whose tokenizer counts tokens (with --data; default: the bundled model)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe key, for instance data.clean.pii=true (repeatable)")
+    p.add_argument("--out", help="folder to write (default: prepared/<recipe name>)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing prepared folder at --out")
+    p = command("data preview", "Print prepared examples with the chat template, marking tokens that carry loss.",
+                data_sub)
+    p.add_argument("recipe", help="recipe YAML file")
+    p.add_argument("-n", type=int, default=3, help="examples to show (default 3)")
+    p.add_argument("--split", choices=["train", "val", "test"], default="train")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
     p = command("eval", "Evaluate a run: perplexity, ROUGE-L and BLEU of base and tuned model on the test split.")
     p.add_argument("run", help="run folder, for instance runs/pydocs-lora")
@@ -100,6 +123,8 @@ def _run(args) -> int | None:
             raise UserError("train needs a recipe file (for instance recipes/pydocs-lora.yaml) or --resume RUN.")
         else:
             train(load_recipe(args.recipe, args.overrides), Path(args.runs_dir), args.overwrite)
+    elif args.command == "data":
+        _data(args)
     elif args.command == "eval":
         from tuneforge.evaluate.run import evaluate_run
 
@@ -118,3 +143,27 @@ def _run(args) -> int | None:
 
         run_demo(Path(args.runs_dir), args.overrides)
     return 0
+
+
+def _data(args) -> None:
+    from tuneforge.recipe import load_recipe, validate_recipe
+
+    if args.data_command == "preview":
+        from tuneforge.data.preview import preview
+
+        print(preview(load_recipe(args.recipe, args.overrides), args.n, args.split))
+        return
+    from tuneforge.data.prepare import prepare_command
+
+    os.environ["TOKENIZERS_PARALLELISM"] = "true"  # token counting is batched; nothing forks here
+
+    if bool(args.recipe) == bool(args.data):
+        raise UserError("data prepare needs a recipe file or --data FILE..., not both and not neither.")
+    if args.data:
+        raw = {"name": Path(args.data[0]).stem, "data": {"sources": args.data}}
+        if args.model:
+            raw["model"] = {"name": args.model}
+        recipe = validate_recipe(raw, source="--data", overrides=args.overrides)
+    else:
+        recipe = load_recipe(args.recipe, args.overrides)
+    prepare_command(recipe, Path(args.out) if args.out else Path("prepared") / recipe.name, args.overwrite)

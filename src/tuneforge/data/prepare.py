@@ -1,92 +1,252 @@
-"""A recipe's data section -> split, tokenised examples and a manifest saying what happened to them."""
+"""A recipe's data section -> a prepared-data folder, and the tokenised examples training uses.
+
+A prepared folder holds train/val/test.jsonl, manifest.json (source hashes, counts after each stage,
+token statistics, split ids), rejects.jsonl (invalid rows and why, when data.skip_invalid skipped
+some) and the report (report.md, report.html, plots). It is written to a temporary folder and renamed
+into place, so an error never leaves a partial one. `tuneforge train` keeps prepared folders in a
+cache keyed by the content hash of the sources, the data settings and the tokenizer.
+"""
 
 import hashlib
 import json
-import random
-import sys
+import os
+import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tuneforge.data.pydocs import build_pydocs
-from tuneforge.data.rows import read_jsonl
-from tuneforge.data.split import SPLITS, split_examples
-from tuneforge.data.tokenize import Encoded, encode
+import numpy as np
+
+from tuneforge.data.pipeline import (
+    KEPT,
+    LEAK_EXACT,
+    LEAK_NEAR,
+    REMOVED,
+    decide,
+    read_all,
+    write_splits,
+)
+from tuneforge.data.report import write_report
+from tuneforge.data.sources import fingerprint
+from tuneforge.data.split import SPLITS, TEST, TRAIN, VAL
+from tuneforge.data.stats import token_stats
+from tuneforge.data.tokenize import Encoded, encode, token_lengths
 from tuneforge.errors import UserError
+from tuneforge.home import tuneforge_home
 from tuneforge.recipe import Recipe
+
+FORMAT_VERSION = 2  # bump when the same inputs would now prepare differently
 
 
 @dataclass
 class PreparedData:
     examples: dict[str, list[dict]]
     encoded: dict[str, list[Encoded]]
-    manifest: dict
+    encoding: dict
 
 
-def load_examples(recipe: Recipe) -> tuple[list[dict], dict]:
-    """All examples of the source, and a description of the source (kind, path, sha256)."""
-    source = recipe.data.source
-    if source == "pydocs":
-        examples = build_pydocs()
-        digest = hashlib.sha256(json.dumps(examples, sort_keys=True).encode()).hexdigest()
-        return examples, {"kind": "pydocs", "python": sys.version.split()[0], "sha256": digest}
-    path = Path(source).expanduser()
-    examples = read_jsonl(path)
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    return examples, {"kind": "jsonl", "path": str(path.resolve()), "sha256": digest}
+def prepare_data(recipe: Recipe, tokenizer, out: Path, fingerprints: list[dict] | None = None) -> dict:
+    """Prepare the recipe's data into the new folder `out`; returns the manifest."""
+    started = time.time()
+    fingerprints = fingerprints or [fingerprint(s) for s in recipe.data.sources]
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / ".work").mkdir(parents=True)
+    try:
+        rows, read = read_all(recipe, tokenizer, fingerprints, tmp / ".work", tmp / "rejects.jsonl")
+        decisions = decide(rows, recipe)
+        synthetic = _synthetic(rows, decisions, recipe)
+        ids = write_splits(rows, decisions, synthetic, tmp)
+        lengths = _split_lengths(rows, decisions, synthetic, tokenizer)
+        manifest = _manifest(recipe, tokenizer, rows, read, decisions, synthetic, ids, tmp)
+        manifest["tokens"] = token_stats(lengths, recipe.data.max_length, recipe.train.global_batch_size)
+        manifest["seconds"] = round(time.time() - started, 1)
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
+        write_report(manifest, lengths, tmp)
+        shutil.rmtree(tmp / ".work")
+        if not read.invalid:
+            (tmp / "rejects.jsonl").unlink()
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
 
 
-def prepare(recipe: Recipe, tokenizer) -> PreparedData:
-    """Read, split, subset and tokenise; UserError if a split the run needs ends up empty."""
-    examples, source = load_examples(recipe)
-    d = recipe.data
-    splits = split_examples(examples, recipe.seed, d.val_ratio, d.test_ratio)
-    if d.max_train_examples and len(splits["train"]) > d.max_train_examples:
-        splits["train"] = random.Random(recipe.seed).sample(splits["train"], d.max_train_examples)
-    data = encode_splits(splits, recipe, tokenizer, source)
-    if not data.encoded["train"]:
-        raise UserError(f"{source.get('path', source['kind'])}: no training examples left "
-                        f"({len(examples)} read, {data.manifest['dropped_no_answer_tokens']['train']} with no "
-                        f"answer tokens within data.max_length={d.max_length}). Add data or raise data.max_length.")
-    data.manifest["read"] = len(examples)
-    return data
+def prepared_folder(recipe: Recipe, tokenizer) -> Path:
+    """The cached prepared folder for this recipe's data, prepared now if it is not there yet."""
+    fingerprints = [fingerprint(s) for s in recipe.data.sources]
+    folder = tuneforge_home() / "prepared" / cache_key(recipe, tokenizer, fingerprints)
+    if (folder / "manifest.json").is_file():
+        print(f"Data: prepared before, reusing {folder}")
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        prepare_data(recipe, tokenizer, folder, fingerprints)
+    except OSError:  # another process prepared the same data at the same time
+        if not (folder / "manifest.json").is_file():
+            raise
+    print(f"Data: prepared into {folder}")
+    return folder
 
 
-def encode_splits(splits: dict[str, list[dict]], recipe: Recipe, tokenizer, source: dict) -> PreparedData:
-    """Tokenise each split; drop examples whose answer lies wholly beyond max_length."""
+def prepare_command(recipe: Recipe, out: Path, overwrite: bool) -> dict:
+    """`tuneforge data prepare`: the prepared folder (from the cache when the same data was prepared
+    before) at `out`, replacing an older prepared folder only when asked; prints the summary."""
+    from tuneforge.data.report import summary
+    from tuneforge.data.tokenize import ensure_chat_template
+    from tuneforge.models.loader import load_tokenizer, resolve_model
+
+    if out.exists() and not overwrite:
+        raise UserError(f"{out}: exists. Pass --overwrite to replace it, or choose another --out.")
+    if out.exists() and not (out / "manifest.json").is_file():
+        raise UserError(f"{out}: exists and is not a prepared-data folder (no manifest.json); refusing to replace it.")
+    tokenizer = load_tokenizer(resolve_model(recipe.model.name))
+    ensure_chat_template(tokenizer)
+    folder = prepared_folder(recipe, tokenizer)
+    new, old = out.with_name(f".{out.name}.new"), out.with_name(f".{out.name}.old")
+    for stale in (new, old):
+        shutil.rmtree(stale, ignore_errors=True)
+    copy_prepared(folder, new)
+    if out.exists():
+        out.rename(old)
+    new.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+    manifest = json.loads((out / "manifest.json").read_text())
+    print(summary(manifest))
+    print(f"\nWrote {out}/: train.jsonl val.jsonl test.jsonl manifest.json report.md report.html"
+          + (" rejects.jsonl" if (out / "rejects.jsonl").exists() else ""))
+    return manifest
+
+
+def cache_key(recipe: Recipe, tokenizer, fingerprints: list[dict]) -> str:
+    what = {"version": FORMAT_VERSION, "data": recipe.data.model_dump(mode="json"), "seed": recipe.seed,
+            "global_batch_size": recipe.train.global_batch_size, "sources": fingerprints,
+            "augment_model": recipe.data.augment.model or recipe.model.name, "tokenizer": _tokenizer_id(tokenizer)}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _tokenizer_id(tokenizer) -> dict:
+    template = tokenizer.chat_template or ""
+    return {"name": tokenizer.name_or_path, "vocab": len(tokenizer),
+            "chat_template": hashlib.sha256(str(template).encode()).hexdigest()[:16]}
+
+
+def copy_prepared(folder: Path, target: Path) -> None:
+    """Put a prepared folder's files into `target` (a run's data/): split files hard-linked where the
+    file system allows (they can be large), the rest copied."""
+    target.mkdir(parents=True, exist_ok=True)
+    for path in folder.iterdir():
+        if path.suffix == ".jsonl":
+            try:
+                os.link(path, target / path.name)
+                continue
+            except OSError:
+                pass
+        shutil.copy2(path, target / path.name)
+
+
+def _synthetic(rows, decisions, recipe: Recipe) -> list[dict]:
+    a = recipe.data.augment
+    if not (a.synthetic or a.paraphrases):
+        return []
+    from tuneforge.data.augment import synthesize
+    from tuneforge.data.clean import Cleaner
+    from tuneforge.data.dedup import exact_key, normalised_text
+    from tuneforge.data.validate import check_example
+    from tuneforge.errors import RowError
+
+    train = np.flatnonzero((decisions.status == KEPT) & (decisions.split == TRAIN))
+    pool = np.random.default_rng(recipe.seed).permutation(train)[:200]
+    seeds = [e for e in rows.read(sorted(pool.tolist())) if "messages" in e]
+    if not seeds:
+        raise UserError("data.augment needs chat examples (prompt/answer rows) in the training split to start from.")
+    seen = set(np.frombuffer(rows.exact, dtype=np.uint64).tolist())
+    cleaner, out = Cleaner(recipe.data.clean), []
+    for example in synthesize(seeds, a, a.model or recipe.model.name, recipe.seed):
+        cleaner.example(example)
+        try:
+            check_example(example, recipe.data.max_row_chars)
+        except RowError:
+            continue
+        key = exact_key(normalised_text(example))
+        if key not in seen:
+            seen.add(key)
+            out.append(example)
+    return out
+
+
+def _split_lengths(rows, decisions, synthetic: list[dict], tokenizer) -> dict[str, np.ndarray]:
+    tokens = np.frombuffer(rows.tokens, dtype=np.int32)
+    lengths = {name: np.repeat(tokens, np.where(decisions.split == code, decisions.repeats, 0))
+               for code, name in enumerate(SPLITS)}
+    if synthetic:
+        lengths["train"] = np.concatenate([lengths["train"], token_lengths(synthetic, tokenizer)])
+    return lengths
+
+
+def _manifest(recipe: Recipe, tokenizer, rows, read, decisions, synthetic, ids, folder: Path) -> dict:
+    status, split = decisions.status, decisions.split
+    kept = status == KEPT
+    removed = {name: int((status == code).sum()) for code, name in REMOVED.items()}
+    counts = {
+        "read": read.read, "invalid": read.invalid, "valid": len(rows.ids), "cleaned": read.cleaned,
+        **{k: removed[k] for k in ("too_short", "too_long", "exact_duplicates", "near_duplicates")},
+        "leakage_removed": {name: {"exact": int(((status == LEAK_EXACT) & (split == code)).sum()),
+                                   "near": int(((status == LEAK_NEAR) & (split == code)).sum())}
+                            for code, name in ((VAL, "val"), (TEST, "test"))},
+        "subset_removed": removed["subset_removed"],
+        "split": {name: int((kept & (split == code)).sum()) for code, name in enumerate(SPLITS)},
+        "oversampled_added": int(decisions.repeats[kept & (split == TRAIN)].sum() - (kept & (split == TRAIN)).sum()),
+        "synthetic_added": len(synthetic),
+        "final": {name: len(ids[name]) for name in SPLITS},
+    }
+    return {
+        "format_version": FORMAT_VERSION,
+        "sources": read.sources,
+        "tokenizer": _tokenizer_id(tokenizer),
+        "settings": {"seed": recipe.seed, **recipe.data.model_dump(mode="json")},
+        "counts": counts,
+        "invalid_reasons": dict(read.reasons.most_common(20)),
+        "pii_replaced": dict(sorted(read.pii.items())),
+        "near_duplicate_examples": [{"kept": rows.ids[a], "removed": rows.ids[b]} for a, b in decisions.near_pairs],
+        "synthetic_ids": [e["id"] for e in synthetic],
+        "files": {f"{name}.jsonl": _sha256(folder / f"{name}.jsonl") for name in SPLITS},
+        "ids": ids,
+    }
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_split(folder: Path, name: str) -> list[dict]:
+    path = folder / f"{name}.jsonl"
+    if not path.is_file():
+        raise UserError(f"{path}: missing; {folder} is not a complete prepared-data folder.")
+    with path.open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def encode_splits(examples: dict[str, list[dict]], recipe: Recipe, tokenizer) -> PreparedData:
+    """Tokenise each split; drop examples whose answer lies wholly beyond max_length (counted)."""
     d = recipe.data
     encoded, dropped, truncated = {}, {}, {}
     for name in SPLITS:
-        rows = [encode(e, tokenizer, d.max_length, d.train_on_prompt) for e in splits[name]]
+        rows = [encode(e, tokenizer, d.max_length, d.train_on_prompt) for e in examples[name]]
         encoded[name] = [r for r in rows if r.loss_tokens > 0]
         dropped[name] = len(rows) - len(encoded[name])
         truncated[name] = sum(r.truncated for r in rows)
         kept = {r.id for r in encoded[name]}
-        splits[name] = [e for e in splits[name] if e["id"] in kept]
-    manifest = {
-        "source": source,
-        "split": {"seed": recipe.seed, "val_ratio": d.val_ratio, "test_ratio": d.test_ratio},
-        "counts": {name: len(splits[name]) for name in SPLITS},
-        "truncated": truncated,
-        "dropped_no_answer_tokens": dropped,
-        "tokens": {name: sum(len(r.input_ids) for r in encoded[name]) for name in SPLITS},
-        "loss_tokens": {name: sum(r.loss_tokens for r in encoded[name]) for name in SPLITS},
-        "ids": {name: [e["id"] for e in splits[name]] for name in SPLITS},
-    }
-    return PreparedData(splits, encoded, manifest)
-
-
-def write_data(data: PreparedData, folder: Path) -> None:
-    """The run's data/ folder: manifest.json and the examples of each split (JSONL)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "manifest.json").write_text(json.dumps(data.manifest, indent=1) + "\n")
-    for name in SPLITS:
-        with (folder / f"{name}.jsonl").open("w", encoding="utf-8") as f:
-            for example in data.examples[name]:
-                f.write(json.dumps(example, ensure_ascii=False) + "\n")
-
-
-def read_split(run_dir: Path, name: str) -> list[dict]:
-    path = run_dir / "data" / f"{name}.jsonl"
-    if not path.is_file():
-        raise UserError(f"{path}: missing; {run_dir} is not a complete tuneforge run folder.")
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+        examples[name] = [e for e in examples[name] if e["id"] in kept]
+    if not encoded["train"]:
+        raise UserError(f"no training examples left: {dropped['train']} have no answer tokens within "
+                        f"data.max_length={d.max_length}. Add data or raise data.max_length.")
+    encoding = {"max_length": d.max_length, "truncated": truncated, "dropped_no_answer_tokens": dropped,
+                "tokens": {name: sum(len(r.input_ids) for r in encoded[name]) for name in SPLITS},
+                "loss_tokens": {name: sum(r.loss_tokens for r in encoded[name]) for name in SPLITS}}
+    return PreparedData(examples, encoded, encoding)

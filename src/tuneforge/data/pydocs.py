@@ -26,7 +26,7 @@ _SKIP = {
     "xxlimited_35", "distutils", "sre_compile", "sre_constants", "sre_parse", "_pydecimal", "__phello__",
     "asyncio.windows_events", "asyncio.windows_utils", "encodings", "multiprocessing.popen_spawn_win32",
 }
-_SIGNATURE = re.compile(r"^[\w.]+\(.*\)(\s*->.*)?$", re.S)
+_SIGNATURE = re.compile(r"^[\w.]+\(.*\)(\s*->.*)?$", re.DOTALL)
 _MIN_CHARS, _MAX_CHARS = 30, 500
 
 _QUESTIONS = {

@@ -78,3 +78,22 @@ def _render_with_spans(tokenizer, messages: list[dict], example_id: str) -> tupl
                             "Set data.train_on_prompt: true to train on every token.")
         spans.append((len(before), len(after)))
     return full, spans
+
+
+def token_lengths(examples: list[dict], tokenizer) -> list[int]:
+    """Tokens of each example as training renders it (chat template, or text + EOS), without the
+    per-token work of `encode`: one batched render and one batched tokenisation."""
+    chat = [i for i, e in enumerate(examples) if "messages" in e]
+    text = [i for i, e in enumerate(examples) if "messages" not in e]
+    lengths = [0] * len(examples)
+    backend = tokenizer.backend_tokenizer
+    if chat:
+        rendered = tokenizer.apply_chat_template([examples[i]["messages"] for i in chat], tokenize=False)
+        for i, enc in zip(chat, backend.encode_batch_fast(rendered, add_special_tokens=False)):
+            lengths[i] = len(enc.ids)
+    if text:
+        eos = tokenizer.eos_token or ""
+        for i, enc in zip(text, backend.encode_batch_fast([examples[i]["text"] + eos for i in text],
+                                                          add_special_tokens=True)):
+            lengths[i] = len(enc.ids)
+    return lengths

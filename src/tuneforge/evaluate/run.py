@@ -23,7 +23,7 @@ from tuneforge.train.loss import mean_loss
 def evaluate_run(run_dir: Path, max_samples: int | None = None) -> dict:
     models = RunModels(run_dir)
     recipe, tokenizer = models.recipe, models.tokenizer
-    test = read_split(models.run_dir, "test")
+    test = read_split(models.run_dir / "data", "test")
     if not test:
         raise UserError(f"{models.run_dir}: the test split is empty. Train with data.test_ratio above 0 "
                         "(for instance --set data.test_ratio=0.05).")

@@ -1,4 +1,5 @@
-"""Batched greedy generation: left padding, KV cache, prompts of similar length batched together."""
+"""Batched generation (greedy, or sampled at a temperature): left padding, KV cache, prompts of similar
+length batched together."""
 
 import torch
 from tqdm import tqdm
@@ -7,10 +8,11 @@ from transformers import GenerationConfig
 
 @torch.no_grad()
 def generate_batch(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int,
-                   desc: str = "generate") -> list[str]:
-    """Greedy continuations of already-rendered prompts, in the order given."""
-    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
-                              eos_token_id=tokenizer.eos_token_id)
+                   desc: str = "generate", temperature: float = 0.0) -> list[str]:
+    """Continuations of already-rendered prompts, in the order given; temperature 0 is greedy."""
+    sampling = {"do_sample": True, "temperature": temperature, "top_p": 0.95} if temperature > 0 else {"do_sample": False}
+    config = GenerationConfig(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                              eos_token_id=tokenizer.eos_token_id, **sampling)
     tokenizer.padding_side = "left"
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     outputs: list[str] = [""] * len(prompts)

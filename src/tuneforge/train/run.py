@@ -4,13 +4,14 @@ Everything that can fail because of the user's input (recipe, data, model refere
 checked before the run folder is created, so a bad input never leaves anything under runs/.
 """
 
+import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from tuneforge.data.prepare import PreparedData, encode_splits, prepare, read_split, write_data
+from tuneforge.data.prepare import PreparedData, copy_prepared, encode_splits, prepared_folder, read_split
 from tuneforge.data.split import SPLITS
 from tuneforge.data.tokenize import ensure_chat_template
 from tuneforge.errors import UserError
@@ -28,6 +29,7 @@ from tuneforge.train.plan import TrainPlan, format_plan, make_plan
 class Setup:
     recipe: Recipe
     tokenizer: object
+    prepared: Path
     data: PreparedData
     trainee: Trainee
     plan: TrainPlan
@@ -40,7 +42,8 @@ def train(recipe: Recipe, runs_dir: Path = Path("runs"), overwrite: bool = False
     print(f"Run folder: {run_dir}")
     (run_dir / "recipe.yaml").write_text(setup.recipe.to_yaml())
     write_env(run_dir, recipe.seed, setup.trainee.device, setup.trainee.precision)
-    write_data(setup.data, run_dir / "data")
+    copy_prepared(setup.prepared, run_dir / "data")
+    (run_dir / "data" / "encoding.json").write_text(json.dumps(setup.data.encoding, indent=1) + "\n")
     return _fit_and_save(setup, run_dir, LoopState(), None)
 
 
@@ -53,8 +56,7 @@ def resume(run_dir: Path) -> Path:
     if not checkpoints:
         raise UserError(f"{run_dir}: no checkpoint to resume from. Start it again with tuneforge train.")
     recipe = load_recipe(run_dir / "recipe.yaml")
-    examples = {name: read_split(run_dir, name) for name in SPLITS}
-    setup = _setup(recipe, examples)
+    setup = _setup(recipe, run_dir / "data")
     t = setup.trainee
     state, best = load_checkpoint(checkpoints[-1], t.model, t.optimizer, t.scheduler)
     truncate_metrics(run_dir, state.step)
@@ -62,7 +64,9 @@ def resume(run_dir: Path) -> Path:
     return _fit_and_save(setup, run_dir, state, best)
 
 
-def _setup(recipe: Recipe, examples: dict[str, list[dict]] | None = None) -> Setup:
+def _setup(recipe: Recipe, prepared: Path | None = None) -> Setup:
+    """Everything a run needs, checked; `prepared` is the data folder to use (a resumed run's own),
+    otherwise the recipe's data is prepared (or found in the cache)."""
     random.seed(recipe.seed)
     torch.manual_seed(recipe.seed)
     device = detect_device()
@@ -70,7 +74,8 @@ def _setup(recipe: Recipe, examples: dict[str, list[dict]] | None = None) -> Set
     model_dir = resolve_model(recipe.model.name)
     tokenizer = load_tokenizer(model_dir)
     ensure_chat_template(tokenizer)
-    data = prepare(recipe, tokenizer) if examples is None else encode_splits(examples, recipe, tokenizer, {})
+    prepared = prepared or prepared_folder(recipe, tokenizer)
+    data = encode_splits({name: read_split(prepared, name) for name in SPLITS}, recipe, tokenizer)
     n_train, cfg = len(data.encoded["train"]), recipe.train
     if n_train < cfg.global_batch_size:
         raise UserError(f"train.global_batch_size: {cfg.global_batch_size} is more than the {n_train} training "
@@ -95,7 +100,7 @@ def _setup(recipe: Recipe, examples: dict[str, list[dict]] | None = None) -> Set
     print(f"Plan ({recipe.method} on {model_dir.name}, {device}, {precision}):\n{format_plan(plan, total, trainable)}")
     optimizer, scheduler = make_optimizer(model, recipe, plan.warmup_steps, plan.total_steps)
     trainee = Trainee(model, optimizer, scheduler, tokenizer.pad_token_id, device, precision)
-    return Setup(recipe, tokenizer, data, trainee, plan)
+    return Setup(recipe, tokenizer, prepared, data, trainee, plan)
 
 
 def _fit_and_save(setup: Setup, run_dir: Path, state: LoopState, best) -> Path:
