@@ -42,6 +42,20 @@ def build_tiny_model(folder: Path, layers: int = 2) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session", autouse=True)
+def tuneforge_home(tmp_path_factory) -> Path:
+    """Tests keep prepared data out of the user's cache; the converted bundled model is shared (it
+    takes ~20 s to convert and never changes)."""
+    from tuneforge.home import tuneforge_home as real_home
+
+    models = real_home() / "models"
+    home = tmp_path_factory.mktemp("tuneforge-home")
+    models.mkdir(parents=True, exist_ok=True)
+    (home / "models").symlink_to(models)
+    os.environ["TUNEFORGE_HOME"] = str(home)
+    return home
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"), layers=3)

@@ -43,13 +43,13 @@ BAD_INPUTS = {
     "wrong type": (lambda tmp, model: ["train", str(_recipe(tmp, model, tmp / "d.jsonl")), "--set",
                                        "train.max_steps=lots"], "train.max_steps: Input should be a valid integer"),
     "missing data": (lambda tmp, model: ["train", str(_recipe(tmp, model, tmp / "absent.jsonl"))],
-                     "absent.jsonl: data file not found"),
+                     "absent.jsonl: no such file or folder"),
     "malformed line": (lambda tmp, model: ["train", str(_recipe(tmp, model, write_jsonl(
         tmp / "bad.jsonl", arithmetic_rows(3) + ['{"messages": oops}'])))], "bad.jsonl:4: not valid JSON"),
     "no usable field": (lambda tmp, model: ["train", str(_recipe(tmp, model, write_jsonl(
-        tmp / "odd.jsonl", [{"question": "q"}])))], "odd.jsonl:1: no usable field"),
+        tmp / "odd.jsonl", [{"question": "q"}])))], "odd.jsonl:1: no known format; found columns ['question']"),
     "empty data": (lambda tmp, model: ["train", str(_recipe(tmp, model, write_jsonl(tmp / "e.jsonl", [])))],
-                   "e.jsonl: no examples"),
+                   "e.jsonl: no rows"),
     "unreachable hub id": (lambda tmp, model: ["train", str(_recipe(tmp, "no-such-org/no-such-model",
                                                                     tmp / "d.jsonl"))],
                            "model 'no-such-org/no-such-model': no local folder of that name"),

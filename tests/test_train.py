@@ -28,7 +28,8 @@ def test_lora_run_folder_contract(tiny_recipe, tmp_path):
         "checkpoints/step-3/scheduler.pt", "checkpoints/step-3/state.json", "checkpoints/step-3/trainable.safetensors",
         "checkpoints/step-6/best.safetensors", "checkpoints/step-6/optimizer.pt", "checkpoints/step-6/rng.pt",
         "checkpoints/step-6/scheduler.pt", "checkpoints/step-6/state.json", "checkpoints/step-6/trainable.safetensors",
-        "data/manifest.json", "data/test.jsonl", "data/train.jsonl", "data/val.jsonl", "env.json", "metrics.jsonl",
+        "data/encoding.json", "data/manifest.json", "data/report.html", "data/report.md", "data/stages.png",
+        "data/test.jsonl", "data/token_lengths.png", "data/train.jsonl", "data/val.jsonl", "env.json", "metrics.jsonl",
         "model/README.md", "model/adapter_config.json", "model/adapter_model.safetensors", "model/chat_template.jinja",
         "model/tokenizer.json", "model/tokenizer_config.json", "recipe.yaml",
     ]
@@ -39,8 +40,10 @@ def test_lora_run_folder_contract(tiny_recipe, tmp_path):
     assert [m["step"] for m in metrics if "val_loss" in m] == [3, 6]
     assert all(m["tokens_per_s"] > 0 for m in metrics if "loss" in m)
     manifest = json.loads((run / "data" / "manifest.json").read_text())
-    assert sum(manifest["counts"].values()) == manifest["read"] == 120
-    assert len(manifest["ids"]["test"]) == manifest["counts"]["test"] > 0
+    assert sum(manifest["counts"]["final"].values()) == manifest["counts"]["read"] == 120
+    assert len(manifest["ids"]["test"]) == manifest["counts"]["final"]["test"] > 0
+    encoding = json.loads((run / "data" / "encoding.json").read_text())
+    assert encoding["max_length"] == 64 and encoding["loss_tokens"]["train"] > 0
     env = json.loads((run / "env.json").read_text())
     assert env["seed"] == 0 and env["versions"]["torch"].startswith("2.13")
 

@@ -125,7 +125,7 @@ def read_all(recipe: Recipe, tokenizer, fingerprints: list[dict], work: Path,
             batch: list[Pending] = []
             read = invalid = 0
             bar = tqdm(read_source(spec, d.max_row_chars), desc=f"read {Path(spec.path).name}", unit=" rows",
-                       total=info.pop("rows_estimate", None), mininterval=1.0, smoothing=0.1)
+                       total=info.pop("rows_estimate", None), mininterval=1.0, smoothing=0.1, disable=None)
             for where, row in bar:
                 read += 1
                 try:
@@ -243,7 +243,7 @@ def write_splits(rows: Rows, decisions: Decisions, synthetic: list[dict], folder
     files = {name: (folder / f"{name}.jsonl").open("wb") for name in SPLITS}
     repeats = decisions.repeats
     with (rows.work / "rows.jsonl").open("rb") as spill:
-        for index, line in enumerate(tqdm(spill, total=len(rows.ids), desc="write splits", unit=" rows",
+        for index, line in enumerate(tqdm(spill, total=len(rows.ids), desc="write splits", unit=" rows", disable=None,
                                           mininterval=1.0)):
             if repeats[index]:
                 name = SPLITS[decisions.split[index]]
