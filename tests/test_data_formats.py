@@ -71,6 +71,7 @@ def test_undetectable_rows_list_columns_and_a_mapping_that_works():
     ({"prompt": "Hi", "completion": "  "}, "`completion` is empty"),
     ({"messages": "hello"}, "`messages` must be a non-empty list"),
     ({"messages": [["user", "Hi"]]}, "`messages[0]` must be an object"),
+    ({"messages": [{"role": ["user"], "content": "Hi"}]}, "`messages[0].role` is ['user'], not a known role"),
 ])
 def test_bad_rows_name_the_field(row, message):
     with pytest.raises(RowError, match=None) as e:

@@ -139,7 +139,7 @@ class RowReader:
                 raise RowError(f"`{where}` must be an object with `{role_key}` and `{content_key}`, "
                                f"got {type(turn).__name__}.", where)
             name = turn.get(role_key)
-            if name not in roles:
+            if not isinstance(name, str) or name not in roles:
                 known = ", ".join(sorted(roles))
                 raise RowError(f"`{where}.{role_key}` is {name!r}, not a known role ({known}). "
                                f"Map it on the source, for instance roles: {{{name}: assistant}}.", f"{where}.{role_key}")
