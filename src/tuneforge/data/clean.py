@@ -61,17 +61,12 @@ class Cleaner:
 
     def example(self, example: dict) -> bool:
         """Clean every text of the example in place; True if anything changed."""
-        changed = False
-        if "text" in example:
-            new = self.text(example["text"])
-            changed, example["text"] = new != example["text"], new
-        else:
-            for message in example["messages"]:
-                new = self.text(message["content"])
-                changed |= new != message["content"]
-                message["content"] = new
+        slots = [(example, "text")] if "text" in example else [(m, "content") for m in example["messages"]]
         if "rejected" in example:
-            new = self.text(example["rejected"])
-            changed |= new != example["rejected"]
-            example["rejected"] = new
+            slots.append((example, "rejected"))
+        changed = False
+        for holder, key in slots:
+            new = self.text(holder[key])
+            changed |= new != holder[key]
+            holder[key] = new
         return changed

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tuneforge.data.clean import Cleaner
+from tuneforge.data.dedup import exact_key, normalised_text
 from tuneforge.data.pipeline import (
     KEPT,
     LEAK_EXACT,
@@ -31,7 +33,8 @@ from tuneforge.data.sources import fingerprint
 from tuneforge.data.split import SPLITS, TEST, TRAIN, VAL
 from tuneforge.data.stats import token_stats
 from tuneforge.data.tokenize import Encoded, encode, token_lengths
-from tuneforge.errors import UserError
+from tuneforge.data.validate import check_example
+from tuneforge.errors import RowError, UserError
 from tuneforge.home import tuneforge_home
 from tuneforge.recipe import Recipe
 
@@ -150,11 +153,9 @@ def _synthetic(rows, decisions, recipe: Recipe) -> list[dict]:
     a = recipe.data.augment
     if not (a.synthetic or a.paraphrases):
         return []
-    from tuneforge.data.augment import synthesize
-    from tuneforge.data.clean import Cleaner
-    from tuneforge.data.dedup import exact_key, normalised_text
-    from tuneforge.data.validate import check_example
-    from tuneforge.errors import RowError
+    from tuneforge.data.augment import (
+        synthesize,  # loads torch and a model: only when asked for
+    )
 
     train = np.flatnonzero((decisions.status == KEPT) & (decisions.split == TRAIN))
     pool = np.random.default_rng(recipe.seed).permutation(train)[:200]
