@@ -1,25 +1,25 @@
-"""Numerical invariants of the training loss."""
+"""Numerical invariants of the training loss: head on answer tokens only, padding, packing."""
 
 import contextlib
 
 import torch
 
-from tuneforge.data.batches import collate
+from conftest import arithmetic_rows
+from tuneforge.data.batches import collate, collate_packed, pack
 from tuneforge.data.tokenize import encode
 from tuneforge.models.loader import load_model
-from tuneforge.train.loss import loss_sum, mean_loss
-from conftest import arithmetic_rows
+from tuneforge.train.loss import LossModel, evaluate_loss
 
 
-def _batch(tokenizer, n=5):
-    rows = [encode({"id": str(i), **r}, tokenizer, 64) for i, r in enumerate(arithmetic_rows(n))]
-    return rows, collate(rows, tokenizer.pad_token_id)
+def _rows(tokenizer, n=5):
+    return [encode({"id": str(i), **r}, tokenizer, 64) for i, r in enumerate(arithmetic_rows(n))]
 
 
 def test_head_on_loss_tokens_only_equals_the_full_model_loss(tiny_model, tiny_tokenizer):
     model = load_model(tiny_model)
-    rows, batch = _batch(tiny_tokenizer)
-    total, count = loss_sum(model, batch)
+    rows = _rows(tiny_tokenizer)
+    batch = collate(rows, tiny_tokenizer.pad_token_id)
+    total, count, _ = LossModel(model)(batch)
     reference = model(**batch).loss  # transformers: mean over non-ignored shifted labels
     assert count == sum(r.loss_tokens for r in rows)
     torch.testing.assert_close(total / count, reference, rtol=1e-5, atol=1e-6)
@@ -27,9 +27,47 @@ def test_head_on_loss_tokens_only_equals_the_full_model_loss(tiny_model, tiny_to
 
 def test_mean_loss_is_exact_under_padding(tiny_model, tiny_tokenizer):
     """Batched with padding == one example at a time, token-weighted."""
-    model = load_model(tiny_model)
-    rows, _ = _batch(tiny_tokenizer, 7)
-    batched, n = mean_loss(model, rows, 4, tiny_tokenizer.pad_token_id, "cpu", contextlib.nullcontext)
-    one_by_one, m = mean_loss(model, rows, 1, tiny_tokenizer.pad_token_id, "cpu", contextlib.nullcontext)
-    assert n == m
-    assert abs(batched - one_by_one) < 1e-5
+    loss_model = LossModel(load_model(tiny_model))
+    rows = _rows(tiny_tokenizer, 7)
+    batched = evaluate_loss(loss_model, rows, 4, tiny_tokenizer.pad_token_id, "cpu", contextlib.nullcontext)
+    one_by_one = evaluate_loss(loss_model, rows, 1, tiny_tokenizer.pad_token_id, "cpu", contextlib.nullcontext)
+    assert batched.tokens == one_by_one.tokens
+    assert abs(batched.loss - one_by_one.loss) < 1e-5
+    assert batched.accuracy == one_by_one.accuracy
+
+
+def test_packed_batch_loss_equals_the_examples_one_by_one(tiny_model, tiny_tokenizer):
+    """Packing puts several examples in a row with position ids restarting per example and no
+    attention mask: no example may see another, so the loss equals running each alone."""
+    loss_model = LossModel(load_model(tiny_model).eval())
+    rows = _rows(tiny_tokenizer, 9)
+    packed_rows = pack(rows, 64)
+    assert len(packed_rows) < len(rows) and any(len(r) > 1 for r in packed_rows)
+    assert all(sum(len(e.input_ids) for e in r) <= 64 for r in packed_rows)
+    with torch.no_grad():
+        s, n, _ = loss_model(collate_packed(packed_rows, tiny_tokenizer.pad_token_id))
+        alone = [loss_model(collate([r], tiny_tokenizer.pad_token_id)) for r in rows]
+    assert n == sum(a[1] for a in alone)
+    torch.testing.assert_close(s / n, sum(a[0] for a in alone) / n, rtol=1e-5, atol=1e-5)
+
+
+def test_packed_gradient_equals_the_padded_gradient(tiny_model, tiny_tokenizer):
+    rows = _rows(tiny_tokenizer, 6)
+    n = sum(r.loss_tokens for r in rows)
+    grads = []
+    for batch in (collate(rows, tiny_tokenizer.pad_token_id), collate_packed(pack(rows, 64), tiny_tokenizer.pad_token_id)):
+        model = load_model(tiny_model)
+        s, _, _ = LossModel(model)(batch)
+        (s / n).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
+def test_best_fit_decreasing_fills_rows():
+    from tuneforge.data.tokenize import Encoded
+
+    examples = [Encoded(str(i), [1] * n, [1] * n, False) for i, n in enumerate([60, 50, 40, 30, 20, 10, 5, 5])]
+    rows = pack(examples, 64)
+    # 60 | 50+10 | 40+20 | 30+5+5: each example goes to the row with the least room that still fits it
+    assert sorted(sum(len(e.input_ids) for e in r) for r in rows) == [40, 60, 60, 60]
+    assert sum(len(r) for r in rows) == 8

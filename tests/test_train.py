@@ -12,7 +12,7 @@ from tuneforge.data.batches import collate, micro_batches
 from tuneforge.errors import UserError
 from tuneforge.models.loader import load_model
 from tuneforge.train.checkpoint import list_checkpoints
-from tuneforge.train.loss import loss_sum
+from tuneforge.train.loss import LossModel
 from tuneforge.train.run import resume, train
 
 
@@ -24,20 +24,19 @@ def test_lora_run_folder_contract(tiny_recipe, tmp_path):
     run = train(tiny_recipe(), tmp_path / "runs")
     assert run == tmp_path / "runs" / "tiny"
     assert _files(run) == [
-        "checkpoints/step-3/best.safetensors", "checkpoints/step-3/optimizer.pt", "checkpoints/step-3/rng.pt",
-        "checkpoints/step-3/scheduler.pt", "checkpoints/step-3/state.json", "checkpoints/step-3/trainable.safetensors",
-        "checkpoints/step-6/best.safetensors", "checkpoints/step-6/optimizer.pt", "checkpoints/step-6/rng.pt",
-        "checkpoints/step-6/scheduler.pt", "checkpoints/step-6/state.json", "checkpoints/step-6/trainable.safetensors",
+        *(f"checkpoints/step-{n}/{f}" for n in (3, 6) for f in (
+            "best.safetensors", "optimizer.pt", "recipe.yaml", "rng-0.pt", "scheduler.pt", "state.json",
+            "trainable.safetensors")),
         "data/encoding.json", "data/manifest.json", "data/report.html", "data/report.md", "data/stages.png",
         "data/test.jsonl", "data/token_lengths.png", "data/train.jsonl", "data/val.jsonl", "env.json", "metrics.jsonl",
         "model/README.md", "model/adapter_config.json", "model/adapter_model.safetensors", "model/chat_template.jinja",
-        "model/tokenizer.json", "model/tokenizer_config.json", "recipe.yaml",
+        "model/tokenizer.json", "model/tokenizer_config.json", "plan.json", "recipe.yaml",
     ]
     recipe = (run / "recipe.yaml").read_text()
     assert "micro_batch_size: 8" in recipe and "learning_rate: 0.001" in recipe  # derived values recorded
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics if "loss" in m] == [1, 2, 3, 4, 5, 6]
-    assert [m["step"] for m in metrics if "val_loss" in m] == [3, 6]
+    assert [m["step"] for m in metrics if "val_loss" in m] == [0, 3, 6]  # 0: before training
     assert all(m["tokens_per_s"] > 0 for m in metrics if "loss" in m)
     manifest = json.loads((run / "data" / "manifest.json").read_text())
     assert sum(manifest["counts"]["final"].values()) == manifest["counts"]["read"] == 120
@@ -90,7 +89,7 @@ def test_micro_batch_split_gives_the_same_gradient(tiny_model, tiny_tokenizer):
     for micro in (8, 2, 1):
         model = load_model(tiny_model)
         for batch in micro_batches(rows, list(range(8)), micro):
-            s, _ = loss_sum(model, collate(batch, tiny_tokenizer.pad_token_id))
+            s, _, _ = LossModel(model)(collate(batch, tiny_tokenizer.pad_token_id))
             (s / n_loss).backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)

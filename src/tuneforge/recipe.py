@@ -12,11 +12,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from tuneforge.errors import UserError
 
-Method = Literal["lora", "full", "freeze"]
+Method = Literal["full", "freeze", "gradual_unfreeze", "lora", "rslora", "dora", "qlora", "prompt_tuning"]
+# Methods that train a PEFT adapter over a frozen base (saved as an adapter, served over one base).
+ADAPTER_METHODS = ("lora", "rslora", "dora", "qlora", "prompt_tuning")
+LORA_METHODS = ("lora", "rslora", "dora", "qlora")
 
 # Learning rates that work for short fine-tunes of small instruct models, per method: adapters
-# tolerate (and need) a much larger step than updating every pre-trained weight.
-DEFAULT_LEARNING_RATE: dict[str, float] = {"lora": 1e-3, "full": 3e-5, "freeze": 1e-4}
+# tolerate (and need) a much larger step than updating every pre-trained weight; rsLoRA scales its
+# update by alpha / sqrt(r) instead of alpha / r (4x larger at r=16), so it takes a smaller step;
+# soft prompts need the largest.
+DEFAULT_LEARNING_RATE: dict[str, float] = {
+    "full": 3e-5, "freeze": 1e-4, "gradual_unfreeze": 1e-4, "lora": 1e-3, "rslora": 3e-4, "dora": 1e-3,
+    "qlora": 1e-3, "prompt_tuning": 3e-2}
 
 
 class Section(BaseModel):
@@ -26,6 +33,8 @@ class Section(BaseModel):
 class ModelSection(Section):
     name: str = "smollm2-135m-instruct"
     """A catalogue name (see `tuneforge models`), a local Hugging Face folder, or a hub id."""
+    dropout: float | None = Field(None, ge=0.0, lt=1.0)
+    """Override the model's own dropout (attention, hidden, embedding); empty keeps its config's value."""
 
 
 Role = Literal["system", "user", "assistant"]
@@ -140,6 +149,9 @@ class DataSection(Section):
 
 
 class LoraSection(Section):
+    """Used by the methods lora, rslora (rank-stabilised scale alpha / sqrt(r)), dora (weight-decomposed:
+    a learned magnitude per output) and qlora (LoRA over a 4-bit NF4 base, needs bitsandbytes)."""
+
     r: int = Field(16, ge=1)
     """Rank of the low-rank update."""
     alpha: int = Field(32, ge=1)
@@ -147,19 +159,46 @@ class LoraSection(Section):
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
     """Dropout on the adapter input."""
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
-    """Module names to adapt (for instance [q_proj, v_proj]) or `all-linear`."""
+    """Module names to adapt (for instance [q_proj, v_proj]), regular expressions over full module
+    names, or `all-linear` (every linear layer except the output head)."""
 
 
 class FreezeSection(Section):
+    """Used by the methods freeze and gradual_unfreeze."""
+
     trainable_blocks: int = Field(2, ge=1)
-    """Train only the last N transformer blocks and the final norm; everything else is frozen."""
+    """freeze: train the last N transformer blocks and the final norm; everything else is frozen."""
+    frozen_modules: list[str] = []
+    """freeze: instead of counting blocks, freeze the parameters whose names match any of these regular
+    expressions and train all others, for instance ['embed_tokens', 'layers\\.([0-9]|1[0-9])\\.']."""
+    train_embeddings: bool = False
+    """freeze / gradual_unfreeze: also train the token embeddings (and a head tied to them)."""
+    unfreeze_every: int = Field(20, ge=1)
+    """gradual_unfreeze: start with the last block and the final norm (and an untied head), and unfreeze
+    one more block, from the top down, every N optimizer steps."""
+
+
+class PromptTuningSection(Section):
+    virtual_tokens: int = Field(20, ge=1)
+    """Learned soft-prompt vectors put in front of every example."""
+    init_text: str | None = "Answer the question about the Python standard library accurately."
+    """Start the soft prompt from the embeddings of this text (better than random); empty = random."""
 
 
 class TrainSection(Section):
     learning_rate: float | None = Field(None, gt=0.0)
-    """Peak learning rate; empty means the method's default (lora 1e-3, full 3e-5, freeze 1e-4)."""
+    """Peak learning rate; empty means the method's default (full 3e-5, freeze 1e-4, lora 1e-3, ...)."""
+    optimizer: Literal["adamw", "sgd", "adafactor"] = "adamw"
+    """adamw (fused kernel where available), sgd (with momentum) or adafactor (factored second moments:
+    far less optimizer memory for full fine-tuning)."""
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    """sgd: momentum."""
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    """Learning rate after the warm-up: cosine decay, linear decay (to min_lr_ratio) or constant."""
     weight_decay: float = Field(0.0, ge=0.0)
-    """AdamW weight decay, applied to weight matrices only (not biases or norms)."""
+    """Weight decay, applied to weight matrices only (not biases, norms or embeddings' norms)."""
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    """Share of each target's probability spread over the vocabulary (training loss only)."""
     global_batch_size: int = Field(16, ge=1)
     """Examples per optimizer step; split into micro-batches x gradient accumulation."""
     micro_batch_size: int | None = Field(None, ge=1)
@@ -169,9 +208,12 @@ class TrainSection(Section):
     epochs: float = Field(1.0, gt=0.0)
     """Passes over the training split when `max_steps` is empty."""
     warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0)
-    """Share of steps with a linear learning-rate warm-up; a cosine decay follows."""
+    """Share of steps with a linear learning-rate warm-up; the schedule follows."""
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)
-    """The cosine decay ends at this share of the peak learning rate."""
+    """Cosine and linear decay end at this share of the peak learning rate."""
+    packing: bool = False
+    """Pack each step's examples into full rows (best-fit decreasing) with position ids restarting per
+    example, so examples never attend to each other: less padding, the same gradient."""
     max_grad_norm: float | None = Field(1.0, gt=0.0)
     """Clip the gradient norm to this value; empty disables clipping."""
     eval_every: int = Field(50, ge=1)
@@ -181,14 +223,30 @@ class TrainSection(Section):
     early_stopping_patience: int | None = Field(3, ge=1)
     """Stop after this many validations without improvement and restore the best weights;
     empty disables early stopping."""
+    early_stopping_metric: Literal["val_loss", "val_accuracy"] = "val_loss"
+    """Validation metric that decides the best weights: loss (lower is better) or next-token accuracy
+    on the answer tokens (higher is better)."""
     save_every: int = Field(100, ge=1)
     """Write a checkpoint every N optimizer steps (and at the end)."""
     keep_checkpoints: int = Field(2, ge=1)
-    """How many of the newest checkpoints to keep."""
+    """How many of the newest checkpoints to keep (the best one is kept as well)."""
     log_every: int = Field(5, ge=1)
     """Write a metrics.jsonl line every N optimizer steps."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    """`auto` uses bf16 on GPUs and CPUs that support it, fp32 otherwise."""
+    """`auto` uses bf16 autocast on GPUs and CPUs with bf16 instructions, fp32 otherwise."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: much less memory, about a third more compute."""
+    compile: bool = False
+    """torch.compile each transformer block (pays back on long runs; the first steps are slow)."""
+    threads: int | None = Field(None, ge=1)
+    """CPU threads for torch; empty means the number of physical cores."""
+    distributed: Literal["ddp", "fsdp"] = "ddp"
+    """Under torchrun / accelerate launch with several processes: replicate the model (ddp) or shard
+    weights, gradients and optimizer state across processes (fsdp)."""
+    report_to: list[Literal["tensorboard", "mlflow"]] = []
+    """Also log metrics to TensorBoard (runs/<name>/tensorboard) and/or MLflow; metrics.jsonl is always written."""
+    mlflow_tracking_uri: str | None = None
+    """MLflow tracking store; empty means a SQLite database next to the run folders (runs/mlflow.db)."""
 
 
 class EvalSection(Section):
@@ -206,11 +264,13 @@ class Recipe(Section):
     seed: int = 0
     """Seed for data order, subsets, adapter initialisation and dropout."""
     method: Method = "lora"
-    """`lora` (adapters), `full` (every weight) or `freeze` (only the last blocks)."""
+    """full (every weight), freeze (the last blocks), gradual_unfreeze (blocks unfrozen from the top
+    during training), lora, rslora, dora, qlora (adapters) or prompt_tuning (a learned soft prompt)."""
     model: ModelSection = ModelSection()
     data: DataSection = DataSection()
     lora: LoraSection = LoraSection()
     freeze: FreezeSection = FreezeSection()
+    prompt_tuning: PromptTuningSection = PromptTuningSection()
     train: TrainSection = TrainSection()
     eval: EvalSection = EvalSection()
 

@@ -1,4 +1,4 @@
-"""Encoded examples -> the optimizer steps of an epoch -> padded micro-batches."""
+"""Encoded examples -> the optimizer steps of an epoch -> padded or packed micro-batches."""
 
 import torch
 
@@ -23,6 +23,52 @@ def micro_batches(examples: list[Encoded], indices: list[int], micro_batch: int)
     """
     chosen = sorted((examples[i] for i in indices), key=lambda e: len(e.input_ids))
     return [chosen[i:i + micro_batch] for i in range(0, len(chosen), micro_batch)]
+
+
+def pack(examples: list[Encoded], row_length: int) -> list[list[Encoded]]:
+    """Best-fit decreasing: longest example first, each into the fullest row it still fits in."""
+    rows: list[list[Encoded]] = []
+    free: list[int] = []
+    for e in sorted(examples, key=lambda e: len(e.input_ids), reverse=True):
+        n = len(e.input_ids)
+        fits = [i for i, space in enumerate(free) if space >= n]
+        if fits:
+            best = min(fits, key=free.__getitem__)
+            rows[best].append(e)
+            free[best] -= n
+        else:
+            rows.append([e])
+            free.append(row_length - n)
+    return rows
+
+
+def packed_micro_batches(examples: list[Encoded], indices: list[int], rows_per_batch: int,
+                         row_length: int) -> list[list[list[Encoded]]]:
+    """One step's examples packed into rows, the rows cut into micro-batches of similar fill."""
+    rows = sorted(pack([examples[i] for i in indices], row_length), key=lambda r: sum(len(e.input_ids) for e in r))
+    return [rows[i:i + rows_per_batch] for i in range(0, len(rows), rows_per_batch)]
+
+
+def collate_packed(rows: list[list[Encoded]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Packed rows with position ids restarting at 0 for each example and no attention mask.
+
+    The first label of each example is IGNORE: the position before it belongs to the previous example,
+    which must not learn to predict it (unpacked, that position does not exist).
+    """
+    width = max(sum(len(e.input_ids) for e in row) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, row in enumerate(rows):
+        start = 0
+        for e in row:
+            n = len(e.input_ids)
+            input_ids[r, start:start + n] = torch.tensor(e.input_ids)
+            labels[r, start + 1:start + n] = torch.tensor(e.labels[1:])
+            position_ids[r, start:start + n] = torch.arange(n)
+            start += n
+        position_ids[r, start:] = torch.arange(width - start)  # padding: one more sequence, never a target
+    return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
 
 
 def collate(batch: list[Encoded], pad_id: int, left_pad: bool = False) -> dict[str, torch.Tensor]:

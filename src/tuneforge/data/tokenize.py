@@ -27,7 +27,8 @@ class Encoded:
 
     @property
     def loss_tokens(self) -> int:
-        return sum(label != IGNORE for label in self.labels)
+        """Tokens that are next-token targets (the first token never is: nothing precedes it)."""
+        return sum(label != IGNORE for label in self.labels[1:])
 
 
 def ensure_chat_template(tokenizer) -> None:

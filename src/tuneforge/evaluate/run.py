@@ -17,7 +17,7 @@ from tuneforge.evaluate.metrics import bleu, perplexity, rouge_l
 from tuneforge.evaluate.table import format_comparison
 from tuneforge.inference.generate import generate_batch
 from tuneforge.inference.run_models import RunModels
-from tuneforge.train.loss import mean_loss
+from tuneforge.train.loss import LossModel, evaluate_loss
 
 
 def evaluate_run(run_dir: Path, max_samples: int | None = None) -> dict:
@@ -42,8 +42,9 @@ def evaluate_run(run_dir: Path, max_samples: int | None = None) -> dict:
     for which in ("base", "tuned"):
         context = models.base() if which == "base" else contextlib.nullcontext(models.tuned)
         with context as model:
-            loss, tokens = mean_loss(model, encoded, recipe.eval.batch_size, tokenizer.pad_token_id,
-                                     models.device, contextlib.nullcontext)
+            result = evaluate_loss(LossModel(model), encoded, recipe.eval.batch_size, tokenizer.pad_token_id,
+                                   models.device, contextlib.nullcontext)
+            loss, tokens = result.loss, result.tokens
             answers[which] = generate_batch(model, tokenizer, prompts, recipe.eval.max_new_tokens,
                                             recipe.eval.batch_size, desc=f"generate ({which})")
         scores = rouge_l(answers[which], references)

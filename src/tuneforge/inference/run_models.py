@@ -7,7 +7,7 @@ import torch
 
 from tuneforge.errors import UserError
 from tuneforge.models.loader import load_model, load_tokenizer, resolve_model
-from tuneforge.recipe import Recipe, load_recipe
+from tuneforge.recipe import ADAPTER_METHODS, Recipe, load_recipe
 from tuneforge.runs.folder import open_run
 from tuneforge.train.hardware import detect_device
 
@@ -28,7 +28,7 @@ class RunModels:
         self.device = detect_device()
         self.tokenizer = load_tokenizer(model_dir)
         self._base_dir = resolve_model(self.recipe.model.name)
-        if self.recipe.method == "lora":
+        if self.recipe.method in ADAPTER_METHODS:
             from peft import PeftModel
 
             self.tuned = PeftModel.from_pretrained(load_model(self._base_dir, torch.float32, self.device), model_dir)
@@ -38,7 +38,7 @@ class RunModels:
 
     @contextlib.contextmanager
     def base(self):
-        if self.recipe.method == "lora":
+        if self.recipe.method in ADAPTER_METHODS:
             with self.tuned.disable_adapter():
                 yield self.tuned
         else:

@@ -1,7 +1,8 @@
 """`tuneforge models`: the catalogue as a table, with the memory each method needs."""
 
 from tuneforge.models.catalog import CATALOG, DEFAULT_MODEL, CatalogEntry
-from tuneforge.train.plan import estimate_memory
+from tuneforge.recipe import Recipe
+from tuneforge.train.plan import ModelShape, estimate_memory
 
 # The reference workload for the memory columns: fp32 AdamW, micro-batch 4 x 512 tokens.
 _TOKENS = 4 * 512
@@ -15,7 +16,8 @@ def memory_gib(entry: CatalogEntry, method: str) -> float:
         total = entry.params + trainable
     else:
         trainable = total = entry.params
-    return estimate_memory(total, trainable, entry.layers, entry.hidden, _TOKENS).total / 2**30
+    shape = ModelShape(total, trainable, [], 0, entry.layers, entry.hidden, entry.vocab)
+    return estimate_memory(shape, Recipe(method=method), _TOKENS, "fp32").total / 2**30
 
 
 def print_catalog() -> None:

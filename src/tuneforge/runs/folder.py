@@ -61,7 +61,7 @@ def truncate_metrics(run_dir: Path, last_step: int) -> None:
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
 
 
-def write_env(run_dir: Path, seed: int, device: str, precision: str) -> None:
+def write_env(run_dir: Path, seed: int, device: str, precision: str, processes: int = 1) -> None:
     import peft
     import transformers
 
@@ -74,7 +74,7 @@ def write_env(run_dir: Path, seed: int, device: str, precision: str) -> None:
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "peft": peft.__version__, "tuneforge": _tuneforge_version()},
         "hardware": {"device": device, "precision": precision, "cpu_count": os.cpu_count(),
-                     "torch_threads": torch.get_num_threads(),
+                     "torch_threads": torch.get_num_threads(), "processes": processes,
                      "gpu": torch.cuda.get_device_name() if device == "cuda" else None},
         "git_commit": _git_commit(),
     }

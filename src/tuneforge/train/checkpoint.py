@@ -1,8 +1,9 @@
 """Checkpoints: everything needed to continue a run exactly, written atomically.
 
-checkpoints/step-N/ holds the trainable weights, optimizer, scheduler, RNG states and the loop state
-(step, epoch, position in the epoch, best validation loss). A folder is written under a temporary
-name and renamed, so a crash never leaves a half-written checkpoint behind.
+checkpoints/step-N/ holds the trainable weights, the best weights so far, optimizer, scheduler, RNG
+states (one file per process) and the loop state (step, epoch, position in the epoch, best validation
+value). A folder is written under a temporary name and renamed, so a crash never leaves a half-written
+checkpoint behind; the newest K and the best one are kept.
 """
 
 import json
@@ -15,7 +16,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from tuneforge.train.methods import trainable_parameters
+from tuneforge.data.batches import epoch_steps
+from tuneforge.train.distributed import full_state, load_full_state
 
 
 @dataclass
@@ -24,42 +26,49 @@ class LoopState:
     epoch: int = 0
     step_in_epoch: int = 0
     tokens_seen: int = 0
-    best_val_loss: float | None = None
+    best_value: float | None = None
     best_step: int | None = None
     evals_without_improvement: int = 0
     stopped_early: bool = False
 
 
-def trainable_state(model) -> dict[str, torch.Tensor]:
-    return {name: p.detach().clone().contiguous() for name, p in trainable_parameters(model).items()}
+def positions(state: LoopState, n_train: int, global_batch: int, seed: int):
+    """Example indices of the remaining steps, from the state's epoch and position onwards, forever."""
+    while True:
+        steps = epoch_steps(n_train, global_batch, seed, state.epoch)
+        while state.step_in_epoch < len(steps):
+            yield steps[state.step_in_epoch]
+        state.epoch += 1
+        state.step_in_epoch = 0
 
 
-def load_trainable_state(model, state: dict[str, torch.Tensor]) -> None:
-    params = trainable_parameters(model)
-    with torch.no_grad():
-        for name, value in state.items():
-            params[name].copy_(value)
-
-
-def save_checkpoint(run_dir: Path, model, optimizer, scheduler, state: LoopState,
-                    best_weights: dict[str, torch.Tensor] | None, keep: int) -> Path:
+def save_checkpoint(run_dir: Path, t, state: LoopState, best_weights: dict[str, torch.Tensor] | None,
+                    keep: int) -> Path | None:
+    """Every process takes part (gathering sharded weights); rank 0 writes the model state."""
     root = run_dir / "checkpoints"
-    final = root / f"step-{state.step}"
-    tmp = root / f".tmp-step-{state.step}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(trainable_state(model), tmp / "trainable.safetensors")
-    if best_weights is not None:
-        save_file(best_weights, tmp / "best.safetensors")
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    torch.save({"torch": torch.get_rng_state(), "python": random.getstate(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}, tmp / "rng.pt")
-    (tmp / "state.json").write_text(json.dumps(asdict(state), indent=1) + "\n")
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    for old in list_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(old)
+    final, tmp = root / f"step-{state.step}", root / f".tmp-step-{state.step}"
+    weights = full_state(t.model, list(t.params), t.dist)
+    optimizer = _optimizer_state(t)
+    if t.dist.main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_file(weights, tmp / "trainable.safetensors")
+        if best_weights is not None:
+            save_file(best_weights, tmp / "best.safetensors")
+        torch.save(optimizer, tmp / "optimizer.pt")
+        torch.save(t.scheduler.state_dict(), tmp / "scheduler.pt")
+        (tmp / "state.json").write_text(json.dumps(asdict(state), indent=1) + "\n")
+        shutil.copy(run_dir / "recipe.yaml", tmp / "recipe.yaml")  # a resume checks the recipe is unchanged
+    t.dist.barrier()
+    torch.save(_rng_state(), tmp / f"rng-{t.dist.rank}.pt")
+    t.dist.barrier()
+    if t.dist.main:
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for old in list_checkpoints(run_dir)[:-keep]:
+            if old.name != f"step-{state.best_step}":
+                shutil.rmtree(old)
+    t.dist.barrier()
     return final
 
 
@@ -69,11 +78,18 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler) -> tuple[LoopState, dict | None]:
-    load_trainable_state(model, load_file(path / "trainable.safetensors"))
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    rng = torch.load(path / "rng.pt", weights_only=False)
+def load_checkpoint(path: Path, t) -> tuple[LoopState, dict | None]:
+    load_full_state(t.model, load_file(path / "trainable.safetensors"))
+    optimizer = torch.load(path / "optimizer.pt", weights_only=False)
+    if _sharded(t):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        set_optimizer_state_dict(t.loss_model, t.optimizer, optimizer, options=StateDictOptions(full_state_dict=True))
+    else:
+        t.optimizer.load_state_dict(optimizer)
+    t.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    rng_file = path / f"rng-{t.dist.rank}.pt"
+    rng = torch.load(rng_file if rng_file.is_file() else path / "rng-0.pt", weights_only=False)
     torch.set_rng_state(rng["torch"])
     random.setstate(rng["python"])
     if rng["cuda"] is not None and torch.cuda.is_available():
@@ -81,3 +97,23 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> tuple[LoopState,
     best = path / "best.safetensors"
     state = LoopState(**json.loads((path / "state.json").read_text()))
     return state, (load_file(best) if best.is_file() else None)
+
+
+def _optimizer_state(t) -> dict:
+    if _sharded(t):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        return get_optimizer_state_dict(t.loss_model, t.optimizer,
+                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return t.optimizer.state_dict()
+
+
+def _sharded(t) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in t.params.values())
+
+
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}

@@ -2,7 +2,11 @@
 
 The head of a small model is a large share of its compute (SmolLM2-135M: 576 x 49,152); running it on
 the answer tokens only, instead of on every position, avoids the full batch x seq x vocab logits.
+A batch is padded (input_ids, labels, attention_mask) or packed (input_ids, labels, position_ids that
+restart per example and no attention mask, so transformers builds a block-diagonal causal mask).
 """
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -11,38 +15,89 @@ from tuneforge.data.batches import collate
 from tuneforge.data.tokenize import IGNORE
 
 
-def loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """Sum of next-token cross-entropy over positions whose label is not IGNORE, and their count."""
+class LossModel(torch.nn.Module):
+    """model + loss as one module, so DDP / FSDP wrappers see the forward pass that backward follows."""
+
+    def __init__(self, model, label_smoothing: float = 0.0):
+        super().__init__()
+        self.model, self.label_smoothing = model, label_smoothing
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int, int]:
+        """Sum of next-token cross-entropy over positions whose label is not IGNORE, their count,
+        and how many of them the model ranks first (for accuracy)."""
+        logits, targets = answer_logits(self.model, batch)
+        smoothing = self.label_smoothing if self.training else 0.0
+        loss = F.cross_entropy(logits.float(), targets, reduction="sum", label_smoothing=smoothing)
+        correct = int((logits.detach().argmax(-1) == targets).sum())
+        return loss, int(targets.numel()), correct
+
+
+def answer_logits(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits at the positions whose next token carries loss, and those next tokens."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     labels = batch["labels"][:, 1:]
     mask = labels != IGNORE
-    targets = labels[mask]
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    prompt = _soft_prompt(model, batch["input_ids"].shape[0])
     if _head_is_plain(base.config):
-        hidden = base.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                    use_cache=False).last_hidden_state
+        decoder = base.get_decoder()
+        if prompt is not None:  # prompt tuning: the learned vectors go in front of the embedded tokens
+            inputs = _with_prompt(decoder, inputs, prompt)
+        hidden = decoder(**inputs, use_cache=False).last_hidden_state
+        hidden = hidden[:, hidden.shape[1] - batch["input_ids"].shape[1]:]
         logits = base.get_output_embeddings()(hidden[:, :-1][mask])
     else:  # models that scale or cap logits after the head: let their forward do it
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       use_cache=False).logits[:, :-1][mask]
-    return F.cross_entropy(logits.float(), targets, reduction="sum"), int(targets.numel())
+        logits = model(**inputs, use_cache=False).logits
+        logits = logits[:, logits.shape[1] - batch["input_ids"].shape[1]:][:, :-1][mask]
+    return logits, labels[mask]
+
+
+def _soft_prompt(model, batch_size: int) -> torch.Tensor | None:
+    config = getattr(model, "active_peft_config", None)
+    if config is None or not config.is_prompt_learning:
+        return None
+    return model.get_prompt(batch_size=batch_size)
+
+
+def _with_prompt(decoder, inputs: dict, prompt: torch.Tensor) -> dict:
+    embeds = decoder.get_input_embeddings()(inputs.pop("input_ids"))
+    inputs["inputs_embeds"] = torch.cat([prompt.to(embeds.dtype), embeds], dim=1)
+    mask = inputs.get("attention_mask")
+    if mask is not None:
+        inputs["attention_mask"] = torch.cat([mask.new_ones(mask.shape[0], prompt.shape[1]), mask], dim=1)
+    return inputs
 
 
 def _head_is_plain(config) -> bool:
     return not any(getattr(config, key, None) for key in ("final_logit_softcapping", "logit_scale", "logits_scaling"))
 
 
+@dataclass
+class ValResult:
+    loss: float
+    accuracy: float
+    tokens: int
+
+
 @torch.no_grad()
-def mean_loss(model, examples: list, micro_batch: int, pad_id: int, device: str, autocast) -> tuple[float, int]:
-    """Token-weighted mean loss over examples (exact under padding), and the number of loss tokens."""
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
+def evaluate_loss(loss_model: LossModel, examples: list, micro_batch: int, pad_id: int, device: str,
+                  autocast, d=None) -> ValResult:
+    """Token-weighted mean loss and next-token accuracy over examples (exact under padding). With
+    several processes (`d`), each runs its share of the micro-batches and the totals are summed."""
+    from tuneforge.train.distributed import Dist, share_batches
+
+    d = d or Dist()
+    was_training = loss_model.training
+    loss_model.eval()
+    totals = torch.zeros(3, dtype=torch.float64)
     ordered = sorted(examples, key=lambda e: len(e.input_ids))
-    for i in range(0, len(ordered), micro_batch):
-        batch = {k: v.to(device) for k, v in collate(ordered[i:i + micro_batch], pad_id).items()}
+    batches = [ordered[i:i + micro_batch] for i in range(0, len(ordered), micro_batch)]
+    for rows, weight in share_batches(batches, d):
+        batch = {k: v.to(device) for k, v in collate(rows, pad_id).items()}
         with autocast():
-            s, n = loss_sum(model, batch)
-        total += s.item()
-        count += n
-    model.train(was_training)
-    return (total / count if count else float("nan")), count
+            s, n, correct = loss_model(batch)
+        totals += weight * torch.tensor([s.item(), n, correct], dtype=torch.float64)
+    d.all_reduce(totals)
+    loss_model.train(was_training)
+    loss, n, correct = totals.tolist()
+    return ValResult(loss / n if n else float("nan"), correct / n if n else float("nan"), int(n))

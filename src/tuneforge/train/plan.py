@@ -1,20 +1,37 @@
-"""Turn the user's intent (global batch, epochs) into mechanics (micro-batch, accumulation, steps),
-using a memory estimate made before the training loop allocates anything."""
+"""The memory plan, made before any weight is loaded: parameters counted on a weightless (meta-device)
+copy of the model with the method applied, memory split into weights, gradients, optimizer state,
+activations and the runtime itself, and the largest micro-batch that fits.
+
+The activation and runtime constants are measured, not derived: benchmarks/plan_accuracy.py trains the
+bundled model with several methods and micro-batches and prints the estimate next to the measured peak
+RSS (the test suite checks one case stays within 25%).
+"""
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import psutil
 import torch
 
-# Bytes kept for backward per token, per layer, per unit of hidden size (fp32, SDPA attention): the
-# inputs of the norms, q/k/v/o projections and the MLP (whose intermediate is ~2.7x hidden).
-_ACTIVATION_VALUES_PER_TOKEN_LAYER_HIDDEN = 18
+from tuneforge.recipe import Recipe
+
+# Bytes kept for backward per token, per layer, per unit of hidden size, with fp32 activations and
+# SDPA attention: the inputs of the norms, q/k/v/o projections, the MLP (intermediate ~2.7x hidden),
+# plus what the CPU allocator holds on to between micro-batches. Fitted on SmolLM2-135M (see above).
+_ACTIVATION_BYTES_PER_TOKEN_LAYER_HIDDEN = 4 * 30
+# With gradient checkpointing only each block's input is kept, and one block's activations live at a time.
+_CHECKPOINTED_BYTES_PER_TOKEN_LAYER_HIDDEN = 4 * 2
+# The LM head on the answer tokens: logits, their softmax and its gradient, fp32.
+_HEAD_COPIES = 3
+# Python, torch, transformers, the tokenizer and the encoded data, measured before the model loads.
+_RUNTIME_BYTES = 700 * 2**20
 # Use at most this share of the memory that is free when training starts.
-_MEMORY_SHARE = 0.6
+_MEMORY_SHARE = 0.8
 
 
 @dataclass
 class MemoryEstimate:
+    runtime: int
     weights: int
     gradients: int
     optimizer: int
@@ -22,7 +39,20 @@ class MemoryEstimate:
 
     @property
     def total(self) -> int:
-        return self.weights + self.gradients + self.optimizer + self.activations
+        return self.runtime + self.weights + self.gradients + self.optimizer + self.activations
+
+
+@dataclass
+class ModelShape:
+    """What the plan needs to know about a model and method, from its config alone."""
+
+    total_params: int
+    trainable_params: int
+    trainable_matrices: list[tuple[int, int]]  # shapes of trainable 2-D parameters (Adafactor factors them)
+    four_bit_params: int  # qlora: weights stored in 4 bits
+    layers: int
+    hidden: int
+    vocab: int
 
 
 @dataclass
@@ -33,55 +63,107 @@ class TrainPlan:
     warmup_steps: int
     memory: MemoryEstimate
     available: int
+    world: int = 1
 
 
-def estimate_memory(total_params: int, trainable_params: int, layers: int, hidden: int,
-                    tokens_per_micro_batch: int, bytes_per_value: int = 4) -> MemoryEstimate:
-    return MemoryEstimate(
-        weights=total_params * bytes_per_value,
-        gradients=trainable_params * 4,
-        optimizer=trainable_params * 8,  # AdamW: two fp32 moments
-        activations=tokens_per_micro_batch * layers * hidden * _ACTIVATION_VALUES_PER_TOKEN_LAYER_HIDDEN * bytes_per_value,
-    )
+def model_shape(model_dir: Path, recipe: Recipe) -> ModelShape:
+    """Count parameters on the meta device: no memory, no weights read, the method really applied."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from tuneforge.train.methods import apply_method, count_parameters
+
+    config = AutoConfig.from_pretrained(model_dir)
+    counting = recipe.model_copy(deep=True)
+    counting.prompt_tuning.init_text = None  # a text init would read the tokenizer; the count is the same
+    if counting.method == "qlora":
+        counting.method = "lora"  # same adapters; the base's linear weights are then counted as 4-bit
+    with torch.device("meta"):
+        model = apply_method(AutoModelForCausalLM.from_config(config), counting)
+    total, trainable = count_parameters(model)
+    four_bit = 0
+    if recipe.method == "qlora":
+        head = model.get_output_embeddings()
+        four_bit = sum(m.weight.numel() for name, m in model.named_modules()
+                       if isinstance(m, torch.nn.Linear) and m is not head and "lora_" not in name)
+    matrices = [tuple(p.shape) for p in model.parameters() if p.requires_grad and p.ndim == 2]
+    return ModelShape(total, trainable, matrices, four_bit, config.num_hidden_layers, config.hidden_size,
+                      config.vocab_size)
+
+
+def estimate_memory(shape: ModelShape, recipe: Recipe, tokens_per_micro_batch: int, precision: str,
+                    world: int = 1) -> MemoryEstimate:
+    cfg = recipe.train
+    full_precision = shape.total_params - shape.four_bit_params
+    weights = full_precision * 4 + shape.four_bit_params // 2
+    if precision != "fp32":  # autocast keeps a half-precision copy of the weights it casts
+        weights += full_precision * 2
+    if cfg.optimizer == "adamw":
+        optimizer = shape.trainable_params * 8  # two fp32 moments
+    elif cfg.optimizer == "sgd":
+        optimizer = shape.trainable_params * 4  # momentum
+    else:  # adafactor: a row and a column statistic per matrix, a full one per vector
+        in_matrices = sum(r * c for r, c in shape.trainable_matrices)
+        optimizer = 4 * (sum(r + c for r, c in shape.trainable_matrices) + shape.trainable_params - in_matrices)
+    per_unit = (_CHECKPOINTED_BYTES_PER_TOKEN_LAYER_HIDDEN if cfg.gradient_checkpointing
+                else _ACTIVATION_BYTES_PER_TOKEN_LAYER_HIDDEN)
+    if precision != "fp32":
+        per_unit //= 2
+    blocks = tokens_per_micro_batch * shape.layers * shape.hidden * per_unit
+    if cfg.gradient_checkpointing:
+        blocks += tokens_per_micro_batch * shape.hidden * _ACTIVATION_BYTES_PER_TOKEN_LAYER_HIDDEN
+    head = tokens_per_micro_batch * shape.vocab * 4 * _HEAD_COPIES
+    sharded = world if cfg.distributed == "fsdp" else 1
+    return MemoryEstimate(runtime=_RUNTIME_BYTES, weights=weights // sharded,
+                          gradients=shape.trainable_params * 4 // sharded, optimizer=optimizer // sharded,
+                          activations=blocks + head)
 
 
 def available_memory(device: str) -> int:
-    if device == "cuda":
+    if device.startswith("cuda"):
         free, _total = torch.cuda.mem_get_info()
         return free
     return psutil.virtual_memory().available
 
 
-def make_plan(*, global_batch: int, micro_batch: int | None, n_train: int, max_steps: int | None,
-              epochs: float, warmup_ratio: float, longest_example: int, total_params: int,
-              trainable_params: int, layers: int, hidden: int, bytes_per_value: int, device: str) -> TrainPlan:
+def make_plan(recipe: Recipe, shape: ModelShape, *, n_train: int, longest_example: int, device: str,
+              precision: str, world: int = 1) -> TrainPlan:
+    """Micro-batch (the largest divisor of the per-process batch that fits), accumulation and steps."""
+    cfg = recipe.train
     available = available_memory(device)
+    row = recipe.data.max_length if cfg.packing else longest_example
+    per_process = max(1, cfg.global_batch_size // world)
 
     def estimate(mb: int) -> MemoryEstimate:
-        return estimate_memory(total_params, trainable_params, layers, hidden, mb * longest_example, bytes_per_value)
+        return estimate_memory(shape, recipe, mb * row, precision, world)
 
+    micro_batch = cfg.micro_batch_size
     if micro_batch is None:
-        # The largest divisor of the global batch whose estimate fits; 1 if none does.
-        fitting = [d for d in range(1, global_batch + 1)
-                   if global_batch % d == 0 and estimate(d).total <= available * _MEMORY_SHARE]
+        fitting = [d for d in range(1, per_process + 1)
+                   if per_process % d == 0 and estimate(d).total <= available * _MEMORY_SHARE]
         micro_batch = max(fitting, default=1)
-    micro_batch = min(micro_batch, global_batch)
-    accumulation = -(-global_batch // micro_batch)
-    steps_per_epoch = max(1, n_train // global_batch)
-    total = max_steps or max(1, round(steps_per_epoch * epochs))
-    return TrainPlan(micro_batch, accumulation, total, round(total * warmup_ratio), estimate(micro_batch), available)
+    micro_batch = min(micro_batch, per_process)
+    accumulation = -(-per_process // micro_batch)
+    steps_per_epoch = max(1, n_train // cfg.global_batch_size)
+    total = cfg.max_steps or max(1, round(steps_per_epoch * cfg.epochs))
+    return TrainPlan(micro_batch, accumulation, total, round(total * cfg.warmup_ratio), estimate(micro_batch),
+                     available, world)
 
 
-def format_plan(plan: TrainPlan, total_params: int, trainable_params: int) -> str:
+def format_plan(plan: TrainPlan, shape: ModelShape, packing: bool = False) -> str:
     gib = 1024**3
     m = plan.memory
+    unit = "packed rows" if packing else "examples"
     rows = [
-        ("parameters", f"{total_params / 1e6:,.1f} M total, {trainable_params / 1e6:,.2f} M trainable "
-                       f"({100 * trainable_params / total_params:.2f}%)"),
-        ("memory estimate", f"{m.total / gib:.2f} GiB = weights {m.weights / gib:.2f} + gradients "
-                            f"{m.gradients / gib:.2f} + optimizer {m.optimizer / gib:.2f} + activations "
-                            f"{m.activations / gib:.2f}  (available {plan.available / gib:.1f} GiB)"),
-        ("batch", f"micro-batch {plan.micro_batch} x accumulation {plan.accumulation}"),
+        ("parameters", f"{shape.total_params / 1e6:,.1f} M total, {shape.trainable_params / 1e6:,.2f} M trainable "
+                       f"({100 * shape.trainable_params / shape.total_params:.2f}%)"),
+        ("peak memory", f"{m.total / gib:.2f} GiB estimated, {plan.available / gib:.1f} GiB available"),
+        ("  runtime", f"{m.runtime / gib:.2f} GiB"),
+        ("  weights", f"{m.weights / gib:.2f} GiB"),
+        ("  gradients", f"{m.gradients / gib:.2f} GiB"),
+        ("  optimizer", f"{m.optimizer / gib:.2f} GiB"),
+        ("  activations", f"{m.activations / gib:.2f} GiB"),
+        ("batch", f"micro-batch {plan.micro_batch} {unit} x accumulation {plan.accumulation}"
+                  + (f" x {plan.world} processes" if plan.world > 1 else "")),
         ("steps", f"{plan.total_steps} optimizer steps, {plan.warmup_steps} warm-up"),
     ]
     return "\n".join(f"  {k:<16} {v}" for k, v in rows)

@@ -1,28 +1,34 @@
-"""`tuneforge train`: setup -> load -> fit -> save, and `--resume` of an interrupted run.
+"""`tuneforge train`: setup -> plan -> load -> fit -> save, and `--resume` of an interrupted run.
 
 Everything that can fail because of the user's input (recipe, data, model reference, memory) is
-checked before the run folder is created, so a bad input never leaves anything under runs/.
+checked before the run folder is created, so a bad input never leaves anything under runs/. Under
+torchrun / accelerate launch every process runs this; rank 0 alone writes the run folder.
 """
 
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import psutil
 import torch
 
 from tuneforge.data.prepare import PreparedData, copy_prepared, encode_splits, prepared_folder, read_split
 from tuneforge.data.split import SPLITS
 from tuneforge.data.tokenize import ensure_chat_template
 from tuneforge.errors import UserError
-from tuneforge.models.loader import load_model, load_tokenizer, resolve_model
+from tuneforge.models.loader import load_tokenizer, resolve_model
 from tuneforge.recipe import Recipe, load_recipe
 from tuneforge.runs.folder import create_run_dir, open_run, truncate_metrics, write_env
 from tuneforge.train.checkpoint import LoopState, list_checkpoints, load_checkpoint
-from tuneforge.train.hardware import DTYPES, choose_precision, detect_device
-from tuneforge.train.loop import Trainee, fit, make_optimizer
-from tuneforge.train.methods import apply_method, count_parameters
-from tuneforge.train.plan import TrainPlan, format_plan, make_plan
+from tuneforge.train.distributed import Dist, check_batch, device_for, full_state, init_distributed, shutdown, wrap
+from tuneforge.train.hardware import choose_precision
+from tuneforge.train.loop import Trainee, fit
+from tuneforge.train.loss import LossModel
+from tuneforge.train.methods import Unfreezer, load_for_method, trainable_parameters, transformer_blocks
+from tuneforge.train.optim import make_optimizer, make_schedule
+from tuneforge.train.plan import ModelShape, TrainPlan, format_plan, make_plan, model_shape
+from tuneforge.train.tracking import Trackers
 
 
 @dataclass
@@ -31,20 +37,27 @@ class Setup:
     tokenizer: object
     prepared: Path
     data: PreparedData
-    trainee: Trainee
+    shape: ModelShape
     plan: TrainPlan
+    trainee: Trainee | None = None
 
 
 def train(recipe: Recipe, runs_dir: Path = Path("runs"), overwrite: bool = False) -> Path:
     """Fine-tune as the recipe says; returns the run folder."""
-    setup = _setup(recipe)
-    run_dir = create_run_dir(runs_dir, recipe.name, overwrite)
-    print(f"Run folder: {run_dir}")
-    (run_dir / "recipe.yaml").write_text(setup.recipe.to_yaml())
-    write_env(run_dir, recipe.seed, setup.trainee.device, setup.trainee.precision)
-    copy_prepared(setup.prepared, run_dir / "data")
-    (run_dir / "data" / "encoding.json").write_text(json.dumps(setup.data.encoding, indent=1) + "\n")
-    return _fit_and_save(setup, run_dir, LoopState(), None)
+    setup = plan_training(recipe)
+    load_trainee(setup)
+    d = setup.trainee.dist
+    run_dir = None
+    if d.main:
+        run_dir = create_run_dir(runs_dir, recipe.name, overwrite)
+        print(f"Run folder: {run_dir}")
+        (run_dir / "recipe.yaml").write_text(setup.recipe.to_yaml())
+        write_env(run_dir, recipe.seed, setup.trainee.device, setup.trainee.precision, d.world)
+        _write_plan(run_dir, setup)
+        copy_prepared(setup.prepared, run_dir / "data")
+        (run_dir / "data" / "encoding.json").write_text(json.dumps(setup.data.encoding, indent=1) + "\n")
+    run_dir = Path(d.broadcast_text(str(run_dir) if run_dir else None))
+    return _fit_and_save(setup, run_dir, LoopState(), None, resumed=False)
 
 
 def resume(run_dir: Path) -> Path:
@@ -56,65 +69,159 @@ def resume(run_dir: Path) -> Path:
     if not checkpoints:
         raise UserError(f"{run_dir}: no checkpoint to resume from. Start it again with tuneforge train.")
     recipe = load_recipe(run_dir / "recipe.yaml")
-    setup = _setup(recipe, run_dir / "data")
-    t = setup.trainee
-    state, best = load_checkpoint(checkpoints[-1], t.model, t.optimizer, t.scheduler)
-    truncate_metrics(run_dir, state.step)
-    print(f"Resuming {run_dir} from {checkpoints[-1].name} (step {state.step} of {setup.plan.total_steps}).")
-    return _fit_and_save(setup, run_dir, state, best)
+    _check_unchanged(recipe, checkpoints[-1], run_dir)
+    setup = plan_training(recipe, run_dir / "data")
+    t = load_trainee(setup)
+    state, best = load_checkpoint(checkpoints[-1], t)
+    if t.dist.main:
+        truncate_metrics(run_dir, state.step)
+        print(f"Resuming {run_dir} from {checkpoints[-1].name} (step {state.step} of {setup.plan.total_steps}).")
+    return _fit_and_save(setup, run_dir, state, best, resumed=True)
 
 
-def _setup(recipe: Recipe, prepared: Path | None = None) -> Setup:
-    """Everything a run needs, checked; `prepared` is the data folder to use (a resumed run's own),
-    otherwise the recipe's data is prepared (or found in the cache)."""
+def plan_training(recipe: Recipe, prepared: Path | None = None) -> Setup:
+    """Data and the memory plan, before any weight is loaded; `prepared` is the data folder to use
+    (a resumed run's own), otherwise the recipe's data is prepared (or found in the cache)."""
+    _check_combination(recipe)
+    d = init_distributed()
     random.seed(recipe.seed)
     torch.manual_seed(recipe.seed)
-    device = detect_device()
-    precision = choose_precision(recipe.train.precision, device)
+    device = device_for(d)
+    precision = choose_precision(recipe.train.precision, device.split(":")[0])
     model_dir = resolve_model(recipe.model.name)
     tokenizer = load_tokenizer(model_dir)
     ensure_chat_template(tokenizer)
-    prepared = prepared or prepared_folder(recipe, tokenizer)
+    if prepared is None:
+        if not d.main:
+            d.barrier()  # rank 0 prepares (or finds) the data first; the others then find it in the cache
+        prepared = prepared_folder(recipe, tokenizer)
+        if d.main:
+            d.barrier()
     data = encode_splits({name: read_split(prepared, name) for name in SPLITS}, recipe, tokenizer)
     n_train, cfg = len(data.encoded["train"]), recipe.train
     if n_train < cfg.global_batch_size:
         raise UserError(f"train.global_batch_size: {cfg.global_batch_size} is more than the {n_train} training "
                         f"examples; lower it to at most {n_train} or add data.")
-    model = apply_method(load_model(model_dir, torch.float32, device), recipe)
-    total, trainable = count_parameters(model)
-    config = model.config
-    plan = make_plan(global_batch=cfg.global_batch_size, micro_batch=cfg.micro_batch_size, n_train=n_train,
-                     max_steps=cfg.max_steps, epochs=cfg.epochs, warmup_ratio=cfg.warmup_ratio,
-                     longest_example=max(len(e.input_ids) for e in data.encoded["train"]),
-                     total_params=total, trainable_params=trainable, layers=config.num_hidden_layers,
-                     hidden=config.hidden_size, bytes_per_value=DTYPES[precision].itemsize, device=device)
+    check_batch(cfg.global_batch_size, d)
+    shape = model_shape(model_dir, recipe)
+    plan = make_plan(recipe, shape, n_train=n_train, longest_example=max(len(e.input_ids) for e in data.encoded["train"]),
+                     device=device, precision=precision, world=d.world)
     if plan.memory.total > plan.available:
         raise UserError(f"this run needs about {plan.memory.total / 2**30:.1f} GiB but {plan.available / 2**30:.1f} GiB "
-                        f"is free:\n{format_plan(plan, total, trainable)}\nUse method: lora, a smaller model, "
-                        "or a lower data.max_length.")
+                        f"is free:\n{format_plan(plan, shape, cfg.packing)}\nTo fit: method: lora or qlora, "
+                        "train.gradient_checkpointing: true, train.optimizer: adafactor, a lower data.max_length, "
+                        "or a smaller model.")
     # The resolved recipe records what the code derived, so a rerun needs no derivation.
     recipe.train.learning_rate = recipe.learning_rate()
     recipe.train.micro_batch_size = plan.micro_batch
     recipe.train.max_steps = plan.total_steps
-    print(f"Recipe (resolved):\n{recipe.to_yaml()}")
-    print(f"Plan ({recipe.method} on {model_dir.name}, {device}, {precision}):\n{format_plan(plan, total, trainable)}")
-    optimizer, scheduler = make_optimizer(model, recipe, plan.warmup_steps, plan.total_steps)
-    trainee = Trainee(model, optimizer, scheduler, tokenizer.pad_token_id, device, precision)
-    return Setup(recipe, tokenizer, prepared, data, trainee, plan)
+    if d.main:
+        print(f"Recipe (resolved):\n{recipe.to_yaml()}")
+        print(f"Plan ({recipe.method} on {model_dir.name}, {device}, {precision}):\n"
+              f"{format_plan(plan, shape, cfg.packing)}")
+    setup = Setup(recipe, tokenizer, prepared, data, shape, plan)
+    setup.trainee = Trainee(None, None, None, {}, None, None, tokenizer.pad_token_id, device, precision, d)
+    return setup
 
 
-def _fit_and_save(setup: Setup, run_dir: Path, state: LoopState, best) -> Path:
+def load_trainee(setup: Setup, lr: float | None = None) -> Trainee:
+    """Load the model for the method, then speed switches, the distributed wrapper and the optimizer."""
+    recipe, t, cfg = setup.recipe, setup.trainee, setup.recipe.train
+    if t.device == "cpu":
+        torch.set_num_threads(cfg.threads or _cores_per_process())
+    t.model = load_for_method(resolve_model(recipe.model.name), recipe, t.device)
+    base = t.model.get_base_model() if hasattr(t.model, "get_base_model") else t.model
+    if cfg.gradient_checkpointing:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    blocks = transformer_blocks(t.model) if cfg.compile or cfg.distributed == "fsdp" else []
+    if cfg.compile:
+        for block in blocks:
+            block.compile(dynamic=True)
+    t.loss_model = LossModel(t.model, cfg.label_smoothing)
+    t.module = wrap(t.loss_model, blocks, cfg.distributed, t.dist, t.device,
+                    find_unused=recipe.method == "gradual_unfreeze")
+    t.params = trainable_parameters(t.model)
+    t.optimizer = make_optimizer(t.params, recipe, lr)
+    t.scheduler = make_schedule(t.optimizer, recipe, setup.plan.warmup_steps, setup.plan.total_steps)
+    if recipe.method == "gradual_unfreeze":
+        t.unfreezer = Unfreezer(t.model, recipe.freeze.unfreeze_every)
+    return t
+
+
+def _fit_and_save(setup: Setup, run_dir: Path, state: LoopState, best, resumed: bool) -> Path:
+    t = setup.trainee
     data = setup.data.encoded
     val = data["val"][: setup.recipe.train.eval_examples]
-    fit(setup.trainee, data["train"], val, setup.recipe, setup.plan, run_dir, state, best)
-    save_model(setup.trainee.model, setup.tokenizer, run_dir / "model")
-    print(f"Saved {run_dir / 'model'}")
+    trackers = Trackers(run_dir, setup.recipe, resumed) if t.dist.main else None
+    try:
+        fit(t, data["train"], val, setup.recipe, setup.plan, run_dir, state, trackers, best)
+    except BaseException:
+        if trackers:
+            trackers.close("KILLED")
+        raise
+    if trackers:
+        trackers.close()
+    weights = full_state(t.model, [n for n, _ in t.model.named_parameters()], t.dist) if t.dist.world > 1 else None
+    if t.dist.main:
+        save_model(t.model, setup.tokenizer, run_dir / "model", weights)
+        print(f"Saved {run_dir / 'model'}")
+    t.dist.barrier()
+    shutdown(t.dist)
     return run_dir
 
 
-def save_model(model, tokenizer, folder: Path) -> None:
-    """PEFT adapter (lora) or full weights, with the tokenizer and chat template, written atomically."""
+def save_model(model, tokenizer, folder: Path, state_dict: dict | None = None) -> None:
+    """PEFT adapter or full weights, with the tokenizer and chat template, written atomically.
+    `state_dict` carries the gathered full weights when they were sharded over processes."""
     tmp = folder.with_name(".tmp-model")
-    model.save_pretrained(tmp)
+    if state_dict is not None and hasattr(model, "get_base_model"):
+        from peft import get_peft_model_state_dict
+
+        model.save_pretrained(tmp, state_dict=get_peft_model_state_dict(model, state_dict=state_dict))
+    else:
+        model.save_pretrained(tmp, state_dict=state_dict)
     tokenizer.save_pretrained(tmp)
     tmp.rename(folder)
+
+
+def _check_combination(recipe: Recipe) -> None:
+    if recipe.train.packing and recipe.method == "prompt_tuning":
+        raise UserError("train.packing: prompt_tuning puts its soft prompt in front of each row, so packed "
+                        "examples would share one prompt; set train.packing: false for prompt_tuning.")
+
+
+def _check_unchanged(recipe: Recipe, checkpoint: Path, run_dir: Path) -> None:
+    """A resume continues exactly the run that was started: refuse if its recipe was edited since."""
+    import yaml
+
+    saved = checkpoint / "recipe.yaml"
+    if not saved.is_file():
+        return
+    before, now = yaml.safe_load(saved.read_text()), recipe.model_dump(mode="json")
+    changed = _differences(before, now)
+    if changed:
+        raise UserError(f"{run_dir / 'recipe.yaml'}: changed since {checkpoint.name} was written ({', '.join(changed)}); "
+                        "a resume must continue the same run. Undo the edit, or start a new run with tuneforge train.")
+
+
+def _differences(a, b, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b)) for d in _differences(a.get(k), b.get(k), f"{prefix}{k}.")]
+    return [] if a == b else [f"{prefix[:-1]}: {a!r} -> {b!r}"]
+
+
+def _write_plan(run_dir: Path, setup: Setup) -> None:
+    p, s = setup.plan, setup.shape
+    record = {"total_params": s.total_params, "trainable_params": s.trainable_params,
+              "trainable_share": round(s.trainable_params / s.total_params, 6),
+              "micro_batch": p.micro_batch, "accumulation": p.accumulation, "processes": p.world,
+              "total_steps": p.total_steps, "warmup_steps": p.warmup_steps,
+              "memory_bytes": asdict(p.memory) | {"total": p.memory.total}, "available_bytes": p.available}
+    (run_dir / "plan.json").write_text(json.dumps(record, indent=1) + "\n")
+
+
+def _cores_per_process() -> int:
+    import os
+
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, (psutil.cpu_count(logical=False) or os.cpu_count() or 1) // per_node)
