@@ -8,7 +8,7 @@ import pytest
 
 from conftest import arithmetic_rows, write_jsonl
 
-COMMANDS = ["models", "train", "eval", "generate", "chat", "demo"]
+COMMANDS = ["models", "train", "plan", "eval", "generate", "chat", "demo"]
 
 
 def tuneforge(*args, cwd, env_extra=None):

@@ -11,7 +11,10 @@ from tuneforge.errors import UserError
 EXAMPLES = {
     "models": "tuneforge models",
     "train": "tuneforge train recipes/pydocs-lora.yaml --set train.max_steps=50\n"
-             "  tuneforge train --resume runs/pydocs-lora",
+             "  tuneforge train --resume runs/pydocs-lora\n"
+             "  tuneforge train recipes/pydocs-full.yaml --find-lr\n"
+             "  torchrun --nproc-per-node 2 -m tuneforge train recipes/pydocs-lora.yaml",
+    "plan": "tuneforge plan recipes/pydocs-full.yaml --set train.gradient_checkpointing=true",
     "eval": "tuneforge eval runs/pydocs-lora",
     "generate": "tuneforge generate runs/pydocs-lora --prompt 'What does `json.dumps` do?'",
     "chat": "tuneforge chat runs/pydocs-lora",
@@ -43,6 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN", help="continue the run folder RUN from its newest checkpoint")
     p.add_argument("--runs-dir", default="runs", help="where run folders go (default: runs)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run of the same name")
+    p.add_argument("--find-lr", action="store_true",
+                   help="instead of training: sweep the learning rate, plot loss vs lr, suggest one")
+    p.add_argument("--find-lr-steps", type=int, default=200, metavar="N", help="steps of the sweep (default 200)")
+
+    p = command("plan", "Print parameters, the memory estimate (weights, gradients, optimizer, activations) and "
+                        "the micro-batch a recipe will use, before loading any weight.")
+    p.add_argument("recipe", help="recipe YAML file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe key (repeatable)")
 
     data = command("data", "Prepare data (read, validate, clean, deduplicate, split, report) or preview it.")
     data_sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
@@ -115,7 +127,15 @@ def _run(args) -> int | None:
         from tuneforge.recipe import load_recipe
         from tuneforge.train.run import resume, train
 
-        if args.resume:
+        if args.find_lr:
+            from tuneforge.train.find_lr import find_lr
+
+            if not args.recipe or args.resume:
+                raise UserError("--find-lr needs a recipe file (for instance recipes/pydocs-lora.yaml), not --resume.")
+            if args.find_lr_steps < 10:
+                raise UserError(f"--find-lr-steps: {args.find_lr_steps} is too few to see a trend; use at least 10.")
+            find_lr(load_recipe(args.recipe, args.overrides), Path(args.runs_dir), args.find_lr_steps)
+        elif args.resume:
             if args.recipe or args.overrides:
                 raise UserError("--resume RUN continues a run with its recorded recipe; drop the recipe and --set.")
             resume(Path(args.resume))
@@ -123,6 +143,11 @@ def _run(args) -> int | None:
             raise UserError("train needs a recipe file (for instance recipes/pydocs-lora.yaml) or --resume RUN.")
         else:
             train(load_recipe(args.recipe, args.overrides), Path(args.runs_dir), args.overwrite)
+    elif args.command == "plan":
+        from tuneforge.recipe import load_recipe
+        from tuneforge.train.run import plan_training
+
+        plan_training(load_recipe(args.recipe, args.overrides))
     elif args.command == "data":
         _data(args)
     elif args.command == "eval":

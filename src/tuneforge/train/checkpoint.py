@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tuneforge.data.batches import epoch_steps
+from tuneforge.errors import UserError
 from tuneforge.train.distributed import full_state, load_full_state
 
 
@@ -48,19 +49,21 @@ def save_checkpoint(run_dir: Path, t, state: LoopState, best_weights: dict[str, 
     root = run_dir / "checkpoints"
     final, tmp = root / f"step-{state.step}", root / f".tmp-step-{state.step}"
     weights = full_state(t.model, list(t.params), t.dist)
-    optimizer = _optimizer_state(t)
     if t.dist.main:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         save_file(weights, tmp / "trainable.safetensors")
         if best_weights is not None:
             save_file(best_weights, tmp / "best.safetensors")
-        torch.save(optimizer, tmp / "optimizer.pt")
+        if not _sharded(t):
+            torch.save(t.optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(t.scheduler.state_dict(), tmp / "scheduler.pt")
         (tmp / "state.json").write_text(json.dumps(asdict(state), indent=1) + "\n")
         shutil.copy(run_dir / "recipe.yaml", tmp / "recipe.yaml")  # a resume checks the recipe is unchanged
     t.dist.barrier()
     torch.save(_rng_state(), tmp / f"rng-{t.dist.rank}.pt")
+    if _sharded(t):  # FSDP: each process saves the optimizer state of its own shard
+        torch.save(_local(t.optimizer.state_dict()), tmp / f"optimizer-{t.dist.rank}.pt")
     t.dist.barrier()
     if t.dist.main:
         shutil.rmtree(final, ignore_errors=True)
@@ -80,13 +83,14 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 
 def load_checkpoint(path: Path, t) -> tuple[LoopState, dict | None]:
     load_full_state(t.model, load_file(path / "trainable.safetensors"))
-    optimizer = torch.load(path / "optimizer.pt", weights_only=False)
     if _sharded(t):
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
-        set_optimizer_state_dict(t.loss_model, t.optimizer, optimizer, options=StateDictOptions(full_state_dict=True))
+        shard = path / f"optimizer-{t.dist.rank}.pt"
+        if not shard.is_file():
+            raise UserError(f"{path}: written by a different number of FSDP processes (no {shard.name}); "
+                            "resume with the number of processes that started the run.")
+        t.optimizer.load_state_dict(_sharded_like(torch.load(shard, weights_only=False), t.optimizer))
     else:
-        t.optimizer.load_state_dict(optimizer)
+        t.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
     t.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     rng_file = path / f"rng-{t.dist.rank}.pt"
     rng = torch.load(rng_file if rng_file.is_file() else path / "rng-0.pt", weights_only=False)
@@ -99,13 +103,28 @@ def load_checkpoint(path: Path, t) -> tuple[LoopState, dict | None]:
     return state, (load_file(best) if best.is_file() else None)
 
 
-def _optimizer_state(t) -> dict:
-    if _sharded(t):
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+def _local(tree):
+    """Optimizer state with each sharded tensor replaced by this process's shard."""
+    from torch.distributed.tensor import DTensor
 
-        return get_optimizer_state_dict(t.loss_model, t.optimizer,
-                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    return t.optimizer.state_dict()
+    if isinstance(tree, dict):
+        return {k: _local(v) for k, v in tree.items()}
+    return tree.to_local() if isinstance(tree, DTensor) else tree
+
+
+def _sharded_like(state: dict, optimizer) -> dict:
+    """Saved shards back into DTensors laid out like the parameters they belong to."""
+    from torch.distributed.tensor import DTensor
+
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for index, values in state["state"].items():
+        p = params[index]
+        if isinstance(p, DTensor):
+            for key, value in values.items():
+                if isinstance(value, torch.Tensor) and value.shape == p.to_local().shape and value.ndim:
+                    values[key] = DTensor.from_local(value, p.device_mesh, p.placements, shape=p.shape,
+                                                     stride=p.stride())
+    return state
 
 
 def _sharded(t) -> bool:

@@ -113,6 +113,11 @@ def _lora(model, recipe: Recipe):
 
         # Casts norms to fp32 and lets gradients flow to the adapters; checkpointing is ours to decide.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        for module in model.modules():
+            # bitsandbytes re-lays 4-bit weights in place for CPU inference on the first no-grad forward
+            # (our validation); training shares those weights, so keep the one layout backward understands.
+            if hasattr(module, "support_avx512bf16_for_cpu"):
+                module.support_avx512bf16_for_cpu = False
     config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                         target_modules=lora.target_modules, task_type="CAUSAL_LM",
                         use_rslora=recipe.method == "rslora", use_dora=recipe.method == "dora")

@@ -13,14 +13,15 @@ from pathlib import Path
 import psutil
 import torch
 
-from tuneforge.recipe import Recipe
+from tuneforge.recipe import LORA_METHODS, Recipe
 
-# Bytes kept for backward per token, per layer, per unit of hidden size, with fp32 activations and
-# SDPA attention: the inputs of the norms, q/k/v/o projections, the MLP (intermediate ~2.7x hidden),
-# plus what the CPU allocator holds on to between micro-batches. Fitted on SmolLM2-135M (see above).
-_ACTIVATION_BYTES_PER_TOKEN_LAYER_HIDDEN = 4 * 30
+# Bytes kept for backward per token, per transformer block, per unit of hidden size (fp32, SDPA): the
+# inputs of the norms, projections and MLP (intermediate ~2.7x hidden), plus what the allocator holds
+# between micro-batches. LoRA keeps much more: a dropout copy and mask of each adapted layer's input.
+# Fitted on SmolLM2-135M, micro-batches of 4 and 16 (benchmarks/plan_accuracy.py).
+_ACTIVATION_BYTES_PER_TOKEN_BLOCK_HIDDEN = {"plain": 44, "lora": 104}
 # With gradient checkpointing only each block's input is kept, and one block's activations live at a time.
-_CHECKPOINTED_BYTES_PER_TOKEN_LAYER_HIDDEN = 4 * 2
+_CHECKPOINTED_BYTES_PER_TOKEN_BLOCK_HIDDEN = 8
 # The LM head on the answer tokens: logits, their softmax and its gradient, fp32.
 _HEAD_COPIES = 3
 # Python, torch, transformers, the tokenizer and the encoded data, measured before the model loads.
@@ -104,15 +105,22 @@ def estimate_memory(shape: ModelShape, recipe: Recipe, tokens_per_micro_batch: i
     else:  # adafactor: a row and a column statistic per matrix, a full one per vector
         in_matrices = sum(r * c for r, c in shape.trainable_matrices)
         optimizer = 4 * (sum(r + c for r, c in shape.trainable_matrices) + shape.trainable_params - in_matrices)
-    per_unit = (_CHECKPOINTED_BYTES_PER_TOKEN_LAYER_HIDDEN if cfg.gradient_checkpointing
-                else _ACTIVATION_BYTES_PER_TOKEN_LAYER_HIDDEN)
+    kept = _ACTIVATION_BYTES_PER_TOKEN_BLOCK_HIDDEN["lora" if recipe.method in LORA_METHODS else "plain"]
+    per_unit = _CHECKPOINTED_BYTES_PER_TOKEN_BLOCK_HIDDEN if cfg.gradient_checkpointing else kept
     if precision != "fp32":
         per_unit //= 2
-    blocks = tokens_per_micro_batch * shape.layers * shape.hidden * per_unit
+    # Blocks below the lowest trainable one need no backward (freeze), so keep nothing.
+    learning_blocks = shape.layers
+    if recipe.method == "freeze" and not recipe.freeze.frozen_modules:
+        learning_blocks = min(shape.layers, recipe.freeze.trainable_blocks)
+    blocks = tokens_per_micro_batch * learning_blocks * shape.hidden * per_unit
     if cfg.gradient_checkpointing:
-        blocks += tokens_per_micro_batch * shape.hidden * _ACTIVATION_BYTES_PER_TOKEN_LAYER_HIDDEN
+        blocks += tokens_per_micro_batch * shape.hidden * kept
     head = tokens_per_micro_batch * shape.vocab * 4 * _HEAD_COPIES
     sharded = world if cfg.distributed == "fsdp" else 1
+    # Early stopping keeps a copy of the best trainable weights; it is counted with the optimizer state.
+    if cfg.early_stopping_patience:
+        optimizer += shape.trainable_params * 4
     return MemoryEstimate(runtime=_RUNTIME_BYTES, weights=weights // sharded,
                           gradients=shape.trainable_params * 4 // sharded, optimizer=optimizer // sharded,
                           activations=blocks + head)

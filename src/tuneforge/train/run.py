@@ -47,6 +47,8 @@ def train(recipe: Recipe, runs_dir: Path = Path("runs"), overwrite: bool = False
     setup = plan_training(recipe)
     load_trainee(setup)
     d = setup.trainee.dist
+    if d.main:
+        print(f"Recipe (resolved):\n{setup.recipe.to_yaml()}")
     run_dir = None
     if d.main:
         run_dir = create_run_dir(runs_dir, recipe.name, overwrite)
@@ -116,7 +118,6 @@ def plan_training(recipe: Recipe, prepared: Path | None = None) -> Setup:
     recipe.train.micro_batch_size = plan.micro_batch
     recipe.train.max_steps = plan.total_steps
     if d.main:
-        print(f"Recipe (resolved):\n{recipe.to_yaml()}")
         print(f"Plan ({recipe.method} on {model_dir.name}, {device}, {precision}):\n"
               f"{format_plan(plan, shape, cfg.packing)}")
     setup = Setup(recipe, tokenizer, prepared, data, shape, plan)
