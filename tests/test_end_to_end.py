@@ -51,3 +51,39 @@ def test_train_and_eval_on_the_bundled_model(tmp_path):
     # Three LoRA steps at lr 1e-3 on pydocs already lower test perplexity of the real model.
     assert metrics["tuned"]["perplexity"] < metrics["base"]["perplexity"]
     assert CATALOG[DEFAULT_MODEL].params == 134_515_008
+
+
+@pytest.mark.parametrize("method", ["full", "freeze", "gradual_unfreeze", "lora", "rslora", "dora", "qlora",
+                                    "prompt_tuning"])
+def test_every_method_lowers_the_validation_loss_of_the_bundled_model(method, tmp_path):
+    recipe = validate_recipe({
+        "name": method, "method": method, "model": {"name": DEFAULT_MODEL},
+        "data": {"sources": ["pydocs"], "max_length": 128, "max_train_examples": 64},
+        "freeze": {"unfreeze_every": 2},
+        "train": {"global_batch_size": 8, "max_steps": 4, "eval_every": 4, "eval_examples": 16, "save_every": 4,
+                  "micro_batch_size": 8, "packing": method != "prompt_tuning",
+                  "learning_rate": {"full": 1e-4, "freeze": 5e-4, "gradual_unfreeze": 5e-4}.get(method)},
+    })
+    run = train(recipe, tmp_path / "runs")
+    val = [json.loads(line)["val_loss"] for line in (run / "metrics.jsonl").read_text().splitlines()
+           if "val_loss" in line]
+    assert len(val) == 2 and val[1] < val[0], f"{method}: validation loss {val[0]:.4f} -> {val[1]:.4f}"
+
+
+def test_memory_plan_is_within_25_percent_of_the_measured_peak(tmp_path):
+    """benchmarks/plan_accuracy.py in small: one LoRA run in a fresh process, its peak RSS vs plan.json."""
+    import subprocess
+    import sys
+
+    root = __file__.rsplit("/tests/", 1)[0]
+    cmd = [sys.executable, "-m", "tuneforge", "train", f"{root}/recipes/pydocs-lora.yaml", "--runs-dir", "runs",
+           "--set", "train.max_steps=2", "--set", "train.micro_batch_size=4", "--set", "train.eval_examples=16",
+           "--set", "train.precision=fp32"]
+    probe = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], capture_output=True); "
+             "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    out = subprocess.run([sys.executable, "-c", probe, *cmd], cwd=tmp_path, capture_output=True, text=True)
+    code, peak_kib = out.stdout.split()
+    assert code == "0", out.stderr
+    estimate = json.loads((tmp_path / "runs" / "pydocs-lora" / "plan.json").read_text())["memory_bytes"]["total"]
+    measured = int(peak_kib) * 1024
+    assert abs(estimate / measured - 1) < 0.25, f"estimate {estimate / 2**30:.2f} GiB, measured {measured / 2**30:.2f} GiB"

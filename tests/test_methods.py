@@ -54,13 +54,40 @@ def test_every_method_trains_its_parameters_and_nothing_else(method, tiny_recipe
             assert torch.equal(p, tuned.get_parameter(name)) == (name not in learned), name
 
 
-def test_adapter_runs_generate_through_the_run_models(tiny_recipe, tmp_path):
+def test_adapter_runs_generate_with_and_without_their_adapter(tiny_recipe, tiny_tokenizer, tmp_path):
+    from tuneforge.data.tokenize import render_prompt
+    from tuneforge.inference.generate import generate_batch
     from tuneforge.inference.run_models import RunModels
 
+    prompt = render_prompt(tiny_tokenizer, [{"role": "user", "content": "What is 3 plus 3?"}])
     for method in ("dora", "prompt_tuning"):
-        run = train(tiny_recipe(method=method, name=method, prompt_tuning={"virtual_tokens": 4}), tmp_path / "runs")
+        run = train(tiny_recipe(method=method, name=method, prompt_tuning={"virtual_tokens": 4},
+                                train={"learning_rate": 5e-2}), tmp_path / "runs")
         models = RunModels(run)
-        assert type(models.tuned).__name__.startswith("Peft")
+        tuned = generate_batch(models.tuned, models.tokenizer, [prompt], 6, 1)
+        with models.base() as base:
+            untuned = generate_batch(base, models.tokenizer, [prompt], 6, 1)
+        assert tuned[0] and untuned[0] and tuned != untuned, method
+
+
+def test_gradient_checkpointing_gives_the_same_gradient(tiny_model, tiny_tokenizer):
+    batch = _batch(tiny_tokenizer)
+    grads = []
+    for checkpointing in (False, True):
+        model = load_model(tiny_model).train()
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        s, n, _ = LossModel(model)(batch)
+        (s / n).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-7)
+
+
+def test_compiled_blocks_train(tiny_recipe, tmp_path):
+    run = train(tiny_recipe(method="full", train={"compile": True, "max_steps": 2, "eval_every": 2,
+                                                  "save_every": 2}), tmp_path / "runs")
+    losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    assert len(losses) == 2 and all(loss > 0 for loss in losses)
 
 
 def test_lora_with_b_zero_equals_the_base_model(tiny_recipe, tiny_model, tiny_tokenizer):

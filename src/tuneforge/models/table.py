@@ -16,7 +16,7 @@ def memory_gib(entry: CatalogEntry, method: str) -> float:
         total = entry.params + trainable
     else:
         trainable = total = entry.params
-    shape = ModelShape(total, trainable, [], 0, entry.layers, entry.hidden, entry.vocab)
+    shape = ModelShape(total, trainable, [], 0, 0, entry.layers, entry.hidden, entry.vocab)
     return estimate_memory(shape, Recipe(method=method), _TOKENS, "fp32").total / 2**30
 
 

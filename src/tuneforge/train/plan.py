@@ -1,6 +1,6 @@
 """The memory plan, made before any weight is loaded: parameters counted on a weightless (meta-device)
 copy of the model with the method applied, memory split into weights, gradients, optimizer state,
-activations and the runtime itself, and the largest micro-batch that fits.
+the best-weights copy, activations and the runtime itself, and the largest micro-batch that fits.
 
 The activation and runtime constants are measured, not derived: benchmarks/plan_accuracy.py trains the
 bundled model with several methods and micro-batches and prints the estimate next to the measured peak
@@ -36,11 +36,12 @@ class MemoryEstimate:
     weights: int
     gradients: int
     optimizer: int
+    best_copy: int
     activations: int
 
     @property
     def total(self) -> int:
-        return self.runtime + self.weights + self.gradients + self.optimizer + self.activations
+        return self.runtime + self.weights + self.gradients + self.optimizer + self.best_copy + self.activations
 
 
 @dataclass
@@ -51,6 +52,7 @@ class ModelShape:
     trainable_params: int
     trainable_matrices: list[tuple[int, int]]  # shapes of trainable 2-D parameters (Adafactor factors them)
     four_bit_params: int  # qlora: weights stored in 4 bits
+    linear_params: int  # weights of the blocks' linear layers (what LoRA adapts)
     layers: int
     hidden: int
     vocab: int
@@ -81,14 +83,12 @@ def model_shape(model_dir: Path, recipe: Recipe) -> ModelShape:
     with torch.device("meta"):
         model = apply_method(AutoModelForCausalLM.from_config(config), counting)
     total, trainable = count_parameters(model)
-    four_bit = 0
-    if recipe.method == "qlora":
-        head = model.get_output_embeddings()
-        four_bit = sum(m.weight.numel() for name, m in model.named_modules()
-                       if isinstance(m, torch.nn.Linear) and m is not head and "lora_" not in name)
+    head = model.get_output_embeddings()
+    linear = sum(m.weight.numel() for name, m in model.named_modules()
+                 if isinstance(m, torch.nn.Linear) and m is not head and "lora_" not in name)
     matrices = [tuple(p.shape) for p in model.parameters() if p.requires_grad and p.ndim == 2]
-    return ModelShape(total, trainable, matrices, four_bit, config.num_hidden_layers, config.hidden_size,
-                      config.vocab_size)
+    return ModelShape(total, trainable, matrices, linear if recipe.method == "qlora" else 0, linear,
+                      config.num_hidden_layers, config.hidden_size, config.vocab_size)
 
 
 def estimate_memory(shape: ModelShape, recipe: Recipe, tokens_per_micro_batch: int, precision: str,
@@ -117,13 +117,15 @@ def estimate_memory(shape: ModelShape, recipe: Recipe, tokens_per_micro_batch: i
     if cfg.gradient_checkpointing:
         blocks += tokens_per_micro_batch * shape.hidden * kept
     head = tokens_per_micro_batch * shape.vocab * 4 * _HEAD_COPIES
+    if recipe.method in ("dora", "qlora"):
+        # DoRA recomposes W + BA to take its norm, QLoRA dequantises W: full-size fp32 temporaries.
+        blocks += shape.linear_params * 4
     sharded = world if cfg.distributed == "fsdp" else 1
-    # Early stopping keeps a copy of the best trainable weights; it is counted with the optimizer state.
-    if cfg.early_stopping_patience:
-        optimizer += shape.trainable_params * 4
+    # Early stopping keeps a copy of the best trainable weights (gathered in full on every process).
+    best_copy = shape.trainable_params * 4 if cfg.early_stopping_patience else 0
     return MemoryEstimate(runtime=_RUNTIME_BYTES, weights=weights // sharded,
                           gradients=shape.trainable_params * 4 // sharded, optimizer=optimizer // sharded,
-                          activations=blocks + head)
+                          best_copy=best_copy, activations=blocks + head)
 
 
 def available_memory(device: str) -> int:
@@ -169,6 +171,7 @@ def format_plan(plan: TrainPlan, shape: ModelShape, packing: bool = False) -> st
         ("  weights", f"{m.weights / gib:.2f} GiB"),
         ("  gradients", f"{m.gradients / gib:.2f} GiB"),
         ("  optimizer", f"{m.optimizer / gib:.2f} GiB"),
+        ("  best weights", f"{m.best_copy / gib:.2f} GiB (kept for early stopping)"),
         ("  activations", f"{m.activations / gib:.2f} GiB"),
         ("batch", f"micro-batch {plan.micro_batch} {unit} x accumulation {plan.accumulation}"
                   + (f" x {plan.world} processes" if plan.world > 1 else "")),
