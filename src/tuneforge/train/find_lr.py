@@ -1,8 +1,8 @@
 """`tuneforge train RECIPE --find-lr`: the learning-rate range test (Smith, 2015).
 
 Trains from the recipe's starting point while the learning rate grows exponentially from `low` to
-`high`, records the smoothed loss at each step, stops once the loss diverges, and suggests the rate
-where the smoothed loss falls fastest. Writes lr_find.json and lr_find.png to a folder under runs/.
+`high`, records the smoothed loss at each step, stops once the loss diverges, and suggests a tenth of
+the rate at the lowest smoothed loss. Writes lr_find.json and lr_find.png to a folder under runs/.
 """
 
 import json
@@ -54,20 +54,16 @@ def find_lr(recipe: Recipe, runs_dir: Path, steps: int = 200, low: float = 1e-6,
     (out / "lr_find.json").write_text(json.dumps({"suggested_lr": suggestion, "method": recipe.method,
                                                   "records": records}, indent=1) + "\n")
     _plot(records, suggestion, out / "lr_find.png")
-    print(f"Suggested learning rate: {suggestion:.2e} (steepest fall of the smoothed loss)\n"
+    print(f"Suggested learning rate: {suggestion:.2e} (a tenth of the rate at the lowest smoothed loss)\n"
           f"Plot: {out / 'lr_find.png'}\nUse it: --set train.learning_rate={suggestion:.2e}")
     return out
 
 
 def suggest(records: list[dict]) -> float:
-    """The learning rate where the smoothed loss falls fastest against log(lr), before its minimum."""
-    upto = min(range(len(records)), key=lambda i: records[i]["smoothed"]) + 1
-    kept = records[:upto]
-    if len(kept) < 3:
-        return kept[0]["lr"]
-    slopes = [(kept[i + 1]["smoothed"] - kept[i - 1]["smoothed"]) /
-              (math.log(kept[i + 1]["lr"]) - math.log(kept[i - 1]["lr"])) for i in range(1, len(kept) - 1)]
-    return kept[1 + min(range(len(slopes)), key=slopes.__getitem__)]["lr"]
+    """A tenth of the learning rate at the lowest smoothed loss: the classic rule, and robust where
+    per-batch losses are noisy (the steepest-slope rule then picks noise in the first steps)."""
+    best = min(records, key=lambda r: r["smoothed"])
+    return max(records[0]["lr"], best["lr"] / 10)
 
 
 def _plot(records: list[dict], suggestion: float, path: Path) -> None:
@@ -81,6 +77,8 @@ def _plot(records: list[dict], suggestion: float, path: Path) -> None:
     ax.plot([r["lr"] for r in records], [r["smoothed"] for r in records], label="smoothed loss")
     ax.axvline(suggestion, color="tab:red", linestyle="--", label=f"suggested {suggestion:.1e}")
     ax.set_xscale("log")
+    low = min(r["loss"] for r in records)
+    ax.set_ylim(low - 0.1 * abs(low), 1.3 * records[0]["smoothed"])  # the divergence would flatten the rest
     ax.set_xlabel("learning rate")
     ax.set_ylabel("training loss")
     ax.legend()
