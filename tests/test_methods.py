@@ -64,10 +64,15 @@ def test_adapter_runs_generate_with_and_without_their_adapter(tiny_recipe, tiny_
         run = train(tiny_recipe(method=method, name=method, prompt_tuning={"virtual_tokens": 4},
                                 train={"learning_rate": 5e-2}), tmp_path / "runs")
         models = RunModels(run)
-        tuned = generate_batch(models.tuned, models.tokenizer, [prompt], 6, 1)
-        with models.base() as base:
-            untuned = generate_batch(base, models.tokenizer, [prompt], 6, 1)
-        assert tuned[0] and untuned[0] and tuned != untuned, method
+        enc = models.tokenizer([prompt], return_tensors="pt", add_special_tokens=False)
+        with torch.no_grad():
+            tuned_logits = models.tuned(**enc).logits[0, -1]
+            tuned = generate_batch(models.tuned, models.tokenizer, [prompt], 6, 1)
+            with models.base() as base:
+                base_logits = base(**enc).logits[0, -1]
+                untuned = generate_batch(base, models.tokenizer, [prompt], 6, 1)
+        assert len(tuned) == len(untuned) == 1
+        assert not torch.allclose(tuned_logits, base_logits, atol=1e-3), method  # the adapter is applied, and removable
 
 
 def test_gradient_checkpointing_gives_the_same_gradient(tiny_model, tiny_tokenizer):

