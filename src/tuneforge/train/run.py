@@ -21,7 +21,7 @@ from tuneforge.models.loader import load_tokenizer, resolve_model
 from tuneforge.recipe import Recipe, load_recipe
 from tuneforge.runs.folder import create_run_dir, open_run, truncate_metrics, write_env
 from tuneforge.train.checkpoint import LoopState, list_checkpoints, load_checkpoint
-from tuneforge.train.distributed import Dist, check_batch, device_for, full_state, init_distributed, shutdown, wrap
+from tuneforge.train.distributed import check_batch, device_for, full_state, init_distributed, shutdown, wrap
 from tuneforge.train.hardware import choose_precision
 from tuneforge.train.loop import Trainee, fit
 from tuneforge.train.loss import LossModel
