@@ -2,12 +2,14 @@
 
 import contextlib
 
+import pytest
 import torch
 
 from conftest import arithmetic_rows
 from tuneforge.data.batches import collate, collate_packed, pack
 from tuneforge.data.tokenize import encode
 from tuneforge.models.loader import load_model
+from tuneforge.train.attention import NAME
 from tuneforge.train.loss import LossModel, evaluate_loss
 
 
@@ -36,27 +38,33 @@ def test_mean_loss_is_exact_under_padding(tiny_model, tiny_tokenizer):
     assert batched.accuracy == one_by_one.accuracy
 
 
-def test_packed_batch_loss_equals_the_examples_one_by_one(tiny_model, tiny_tokenizer):
+@pytest.mark.parametrize("attention", ["sdpa", NAME])
+def test_packed_batch_loss_equals_the_examples_one_by_one(tiny_model, tiny_tokenizer, attention):
     """Packing puts several examples in a row with position ids restarting per example and no
-    attention mask: no example may see another, so the loss equals running each alone."""
-    loss_model = LossModel(load_model(tiny_model).eval())
+    attention mask: no example may see another, so the loss equals running each alone, with
+    transformers' SDPA (block-diagonal mask from the position ids) and with one call per example."""
+    model = load_model(tiny_model).eval()
+    model.set_attn_implementation(attention)
+    loss_model = LossModel(model)
     rows = _rows(tiny_tokenizer, 9)
     packed_rows = pack(rows, 64)
     assert len(packed_rows) < len(rows) and any(len(r) > 1 for r in packed_rows)
     assert all(sum(len(e.input_ids) for e in r) <= 64 for r in packed_rows)
     with torch.no_grad():
-        s, n, _ = loss_model(collate_packed(packed_rows, tiny_tokenizer.pad_token_id))
+        s, n, _ = loss_model(collate_packed(packed_rows))
         alone = [loss_model(collate([r], tiny_tokenizer.pad_token_id)) for r in rows]
     assert n == sum(a[1] for a in alone)
     torch.testing.assert_close(s / n, sum(a[0] for a in alone) / n, rtol=1e-5, atol=1e-5)
 
 
-def test_packed_gradient_equals_the_padded_gradient(tiny_model, tiny_tokenizer):
+@pytest.mark.parametrize("attention", ["sdpa", NAME])
+def test_packed_gradient_equals_the_padded_gradient(tiny_model, tiny_tokenizer, attention):
     rows = _rows(tiny_tokenizer, 6)
     n = sum(r.loss_tokens for r in rows)
     grads = []
-    for batch in (collate(rows, tiny_tokenizer.pad_token_id), collate_packed(pack(rows, 64), tiny_tokenizer.pad_token_id)):
+    for batch in (collate(rows, tiny_tokenizer.pad_token_id), collate_packed(pack(rows, 64))):
         model = load_model(tiny_model)
+        model.set_attn_implementation(attention)
         s, _, _ = LossModel(model)(batch)
         (s / n).backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))

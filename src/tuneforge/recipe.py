@@ -156,8 +156,9 @@ class LoraSection(Section):
     """Rank of the low-rank update."""
     alpha: int = Field(32, ge=1)
     """Scale of the update (applied as alpha / r)."""
-    dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    """Dropout on the adapter input."""
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    """Dropout on the adapter input. Off by default: each adapted layer then draws its own mask over
+    its input, which took 20% of a LoRA step on the bundled model (benchmarks/train_speed.py)."""
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
     """Module names to adapt (for instance [q_proj, v_proj]), regular expressions over full module
     names, or `all-linear` (every linear layer except the output head)."""
@@ -211,9 +212,10 @@ class TrainSection(Section):
     """Share of steps with a linear learning-rate warm-up; the schedule follows."""
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)
     """Cosine and linear decay end at this share of the peak learning rate."""
-    packing: bool = False
+    packing: bool | None = None
     """Pack each step's examples into full rows (best-fit decreasing) with position ids restarting per
-    example, so examples never attend to each other: less padding, the same gradient."""
+    example, so examples never attend to each other: no padding, the same gradient. Empty means on,
+    except for prompt_tuning (its soft prompt goes in front of each example)."""
     max_grad_norm: float | None = Field(1.0, gt=0.0)
     """Clip the gradient norm to this value; empty disables clipping."""
     eval_every: int = Field(50, ge=1)

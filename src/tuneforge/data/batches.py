@@ -49,26 +49,23 @@ def packed_micro_batches(examples: list[Encoded], indices: list[int], rows_per_b
     return [rows[i:i + rows_per_batch] for i in range(0, len(rows), rows_per_batch)]
 
 
-def collate_packed(rows: list[list[Encoded]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Packed rows with position ids restarting at 0 for each example and no attention mask.
+def collate_packed(rows: list[list[Encoded]]) -> dict:
+    """A micro-batch of packed rows as one row of examples back to back, with no padding and no mask.
 
-    The first label of each example is IGNORE: the position before it belongs to the previous example,
-    which must not learn to predict it (unpacked, that position does not exist).
+    position_ids restart at 0 for each example and `cu_seq_lens_q/k` give where each starts (the
+    keywords of FlashAttention-2's varlen kernel; train/attention.py runs one causal attention per
+    example on other devices), so examples never see each other. The first label of each example is
+    IGNORE: the position before it belongs to the previous example, which must not learn to predict it.
     """
-    width = max(sum(len(e.input_ids) for e in row) for row in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
-    position_ids = torch.zeros((len(rows), width), dtype=torch.long)
-    for r, row in enumerate(rows):
-        start = 0
-        for e in row:
-            n = len(e.input_ids)
-            input_ids[r, start:start + n] = torch.tensor(e.input_ids)
-            labels[r, start + 1:start + n] = torch.tensor(e.labels[1:])
-            position_ids[r, start:start + n] = torch.arange(n)
-            start += n
-        position_ids[r, start:] = torch.arange(width - start)  # padding: one more sequence, never a target
-    return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
+    examples = [e for row in rows for e in row]
+    lengths = [len(e.input_ids) for e in examples]
+    labels = [[IGNORE] + e.labels[1:] for e in examples]
+    starts = torch.tensor([0] + lengths, dtype=torch.int32).cumsum(0, dtype=torch.int32)
+    return {"input_ids": torch.tensor([[t for e in examples for t in e.input_ids]]),
+            "labels": torch.tensor([[t for row in labels for t in row]]),
+            "position_ids": torch.cat([torch.arange(n) for n in lengths]).unsqueeze(0),
+            "cu_seq_lens_q": starts, "cu_seq_lens_k": starts,
+            "max_length_q": max(lengths), "max_length_k": max(lengths)}
 
 
 def collate(batch: list[Encoded], pad_id: int, left_pad: bool = False) -> dict[str, torch.Tensor]:
@@ -83,3 +80,7 @@ def collate(batch: list[Encoded], pad_id: int, left_pad: bool = False) -> dict[s
         labels[row, cols] = torch.tensor(e.labels)
         attention_mask[row, cols] = 1
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+
+
+def to_device(batch: dict, device) -> dict:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}

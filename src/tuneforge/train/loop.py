@@ -9,7 +9,7 @@ import psutil
 import torch
 from tqdm import tqdm
 
-from tuneforge.data.batches import collate, collate_packed, micro_batches, packed_micro_batches
+from tuneforge.data.batches import collate, collate_packed, micro_batches, packed_micro_batches, to_device
 from tuneforge.data.tokenize import Encoded
 from tuneforge.recipe import Recipe
 from tuneforge.train.checkpoint import LoopState, positions, save_checkpoint
@@ -91,7 +91,7 @@ def train_step(t: Trainee, examples: list[Encoded], indices: list[int], plan: Tr
     n_loss = sum(examples[i].loss_tokens for i in indices)
     total = torch.zeros(1, dtype=torch.float64)
     for j, (batch, weight) in enumerate(mine):
-        batch = {k: v.to(t.device) for k, v in batch.items()}
+        batch = to_device(batch, t.device)
         with _gradient_sync(t.module, j == len(mine) - 1), t.autocast():
             s, _, _ = t.module(batch)
         # DDP / FSDP average gradients over processes; the world factor turns that into the step's sum.
@@ -110,9 +110,10 @@ def train_step(t: Trainee, examples: list[Encoded], indices: list[int], plan: Tr
 
 def step_batches(examples: list[Encoded], indices: list[int], micro_batch: int, recipe: Recipe,
                  pad_id: int) -> list[dict[str, torch.Tensor]]:
-    """The step's micro-batches as tensors: padded, or packed rows of data.max_length tokens."""
+    """The step's micro-batches as tensors: padded, or packed (rows of data.max_length tokens, each
+    micro-batch's rows back to back in one row)."""
     if recipe.train.packing:
-        return [collate_packed(rows, pad_id)
+        return [collate_packed(rows)
                 for rows in packed_micro_batches(examples, indices, micro_batch, recipe.data.max_length)]
     return [collate(b, pad_id) for b in micro_batches(examples, indices, micro_batch)]
 

@@ -13,22 +13,46 @@ import torch
 
 from tuneforge.errors import UserError
 from tuneforge.recipe import LORA_METHODS, Recipe
+from tuneforge.train import attention as packed_attention
+from tuneforge.train.hardware import DTYPES
 
 
-def load_for_method(model_dir: Path, recipe: Recipe, device: str):
-    """The model loaded in fp32 (or 4-bit for qlora) with the recipe's dropout, method applied."""
+# Adapter methods save only the adapter, so their frozen base can be kept in the autocast dtype.
+_HALF_BASE_METHODS = ("lora", "rslora", "prompt_tuning")
+
+
+def load_for_method(model_dir: Path, recipe: Recipe, device: str, precision: str = "fp32"):
+    """The model loaded in fp32 (or 4-bit for qlora) with the recipe's dropout, method applied; with
+    bf16 / fp16 autocast, the frozen linear weights of lora, rslora and prompt_tuning are stored in that
+    dtype (see half_frozen_linears)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(model_dir)
     if recipe.model.dropout is not None:
         _override_dropout(config, recipe.model.dropout)
     kwargs = {"config": config, "dtype": torch.float32}
+    if recipe.train.packing:
+        kwargs["attn_implementation"] = packed_attention.NAME
     if recipe.method == "qlora":
         kwargs |= {"quantization_config": _four_bit_config(), "device_map": device}
     model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
     if recipe.method != "qlora":
         model = model.to(device)
-    return apply_method(model, recipe, model_dir)
+    model = apply_method(model, recipe, model_dir)
+    if precision != "fp32" and recipe.method in _HALF_BASE_METHODS:
+        half_frozen_linears(model, DTYPES[precision])
+    return model
+
+
+def half_frozen_linears(model, dtype: torch.dtype) -> None:
+    """Store frozen linear weights in the autocast dtype. Autocast would cast them on every forward
+    anyway, so the results are identical, but the casts go (bundled model, LoRA, bf16: 14% of a step
+    in the profile) and those weights take half the memory. Embeddings, norms and the output head (often
+    tied to the embeddings) stay fp32, so the residual stream keeps fp32 precision."""
+    head = model.get_output_embeddings()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and module is not head and not module.weight.requires_grad:
+            module.to(dtype)
 
 
 def apply_method(model, recipe: Recipe, model_dir: Path | None = None):

@@ -85,6 +85,8 @@ def plan_training(recipe: Recipe, prepared: Path | None = None) -> Setup:
     """Data and the memory plan, before any weight is loaded; `prepared` is the data folder to use
     (a resumed run's own), otherwise the recipe's data is prepared (or found in the cache)."""
     _check_combination(recipe)
+    if recipe.train.packing is None:
+        recipe.train.packing = recipe.method != "prompt_tuning"
     d = init_distributed()
     random.seed(recipe.seed)
     torch.manual_seed(recipe.seed)
@@ -130,7 +132,7 @@ def load_trainee(setup: Setup, lr: float | None = None) -> Trainee:
     recipe, t, cfg = setup.recipe, setup.trainee, setup.recipe.train
     if t.device == "cpu":
         torch.set_num_threads(cfg.threads or _cores_per_process())
-    t.model = load_for_method(resolve_model(recipe.model.name), recipe, t.device)
+    t.model = load_for_method(resolve_model(recipe.model.name), recipe, t.device, t.precision)
     base = t.model.get_base_model() if hasattr(t.model, "get_base_model") else t.model
     if cfg.gradient_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
