@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODEL = "smollm2-135m-instruct"
@@ -51,7 +52,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="steps run first and not timed (default 1)")
     parser.add_argument("--batch", type=int, default=8, help="examples per optimizer step (default 8)")
     parser.add_argument("--max-length", type=int, default=512, help="tokens per example / packed row (default 512)")
+    parser.add_argument("--data", choices=["short", "long"], default="short",
+                        help="short: pydocs as shipped (~60 tokens per example); long: each question after its "
+                             "neighbours' documentation, filling --max-length (default short)")
     parser.add_argument("--repeats", type=int, default=1, help="rounds over all configurations; medians reported")
+    parser.add_argument("--trl-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="an SFTConfig field for the TRL runs, as YAML (for instance bf16=false); repeatable")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -62,6 +68,7 @@ def main() -> None:
     unknown = [c for c in configs if c not in CONFIGS]
     if unknown:
         raise SystemExit(f"--configs: unknown {unknown}; choose from {', '.join(CONFIGS)}")
+    trl_set = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.trl_set)}
     peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
     print(f"matmul peak (2048^3, {torch.get_num_threads()} threads): fp32 {peaks['fp32']:.0f}, "
           f"bf16 {peaks['bf16']:.0f} GFLOP/s", flush=True)
@@ -71,7 +78,8 @@ def main() -> None:
             for name in configs:
                 trainer, option = CONFIGS[name]
                 job = {"name": name, "trainer": trainer, "option": option, "method": method, "steps": args.steps,
-                       "warmup": args.warmup, "batch": args.batch, "max_length": args.max_length}
+                       "warmup": args.warmup, "batch": args.batch, "max_length": args.max_length,
+                       "data": args.data, "trl_set": trl_set}
                 result = _spawn(job)
                 result["mfu"] = round(result["gflop_s"] / peaks[result["precision"]], 3)
                 runs.append(result)
@@ -115,7 +123,7 @@ def benchmark_data(job: dict):
     and the held-out examples every model is scored on."""
     from tuneforge.data.prepare import encode_splits, prepared_folder, read_split
     from tuneforge.data.split import SPLITS
-    from tuneforge.data.tokenize import ensure_chat_template
+    from tuneforge.data.tokenize import encode, ensure_chat_template
     from tuneforge.models.loader import load_tokenizer, resolve_model
     from tuneforge.recipe import validate_recipe
 
@@ -135,7 +143,35 @@ def benchmark_data(job: dict):
     chosen = order[: n_steps * job["batch"]].tolist()
     rows = [data.examples["train"][i] for i in chosen]
     encoded = [data.encoded["train"][i] for i in chosen]
-    return recipe, tokenizer, rows, encoded, data.encoded["val"][:64]
+    val_rows, val = data.examples["val"][:64], data.encoded["val"][:64]
+    if job["data"] == "long":
+        rows = with_context(rows, data.examples["train"], tokenizer, job["max_length"])
+        val_rows = with_context(val_rows, data.examples["val"], tokenizer, job["max_length"])
+        encoded = [encode(r, tokenizer, job["max_length"]) for r in rows]
+        val = [encode(r, tokenizer, job["max_length"]) for r in val_rows]
+    return recipe, tokenizer, rows, encoded, val
+
+
+def with_context(rows: list[dict], pool: list[dict], tokenizer, max_length: int) -> list[dict]:
+    """`long` data: each question comes after documentation of its neighbours in the (id-sorted) pool,
+    up to max_length tokens in all, as in retrieval-augmented domain data; the answer stays the same."""
+    position = {r["id"]: i for i, r in enumerate(pool)}
+    out = []
+    for row in rows:
+        question, answer = row["messages"][0]["content"], row["messages"][-1]["content"]
+        budget = max_length - len(tokenizer(question + answer)["input_ids"]) - 48  # chat template and margin
+        context, i = [], position[row["id"]]
+        for other in pool[i + 1:] + pool[:i]:
+            doc = f"{other['messages'][0]['content']} {other['messages'][-1]['content']}"
+            cost = len(tokenizer(doc)["input_ids"]) + 1
+            if cost > budget:
+                break
+            context.append(doc)
+            budget -= cost
+        prompt = "Documentation:\n" + "\n".join(context) + f"\n\nQuestion: {question}"
+        out.append({"id": row["id"], "messages": [{"role": "user", "content": prompt},
+                                                  {"role": "assistant", "content": answer}]})
+    return out
 
 
 def step_flops(encoded: list, method: str, config, lora_params: int) -> float:
@@ -221,7 +257,8 @@ def run_trl(job: dict) -> dict:
                          num_train_epochs=1, learning_rate=recipe.learning_rate(), lr_scheduler_type="constant",
                          weight_decay=0.0, max_grad_norm=1.0, max_length=job["max_length"], packing=job["option"],
                          train_sampling_strategy="sequential", save_strategy="no", report_to=[],
-                         logging_steps=1, seed=0, dataloader_num_workers=0, disable_tqdm=True)
+                         logging_steps=1, seed=0, dataloader_num_workers=0, disable_tqdm=True, use_cpu=True,
+                         **job["trl_set"])
         peft = None if job["method"] == "full" else LoraConfig(
             r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
         trainer = SFTTrainer(model=str(resolve_model(MODEL)), args=args, train_dataset=dataset,

@@ -16,6 +16,8 @@ Method = Literal["full", "freeze", "gradual_unfreeze", "lora", "rslora", "dora",
 # Methods that train a PEFT adapter over a frozen base (saved as an adapter, served over one base).
 ADAPTER_METHODS = ("lora", "rslora", "dora", "qlora", "prompt_tuning")
 LORA_METHODS = ("lora", "rslora", "dora", "qlora")
+# Adapter methods that save only the adapter, so their frozen base may be stored in the autocast dtype.
+HALF_BASE_METHODS = ("lora", "rslora", "prompt_tuning")
 
 # Learning rates that work for short fine-tunes of small instruct models, per method: adapters
 # tolerate (and need) a much larger step than updating every pre-trained weight; rsLoRA scales its

@@ -12,13 +12,9 @@ from pathlib import Path
 import torch
 
 from tuneforge.errors import UserError
-from tuneforge.recipe import LORA_METHODS, Recipe
+from tuneforge.recipe import HALF_BASE_METHODS, LORA_METHODS, Recipe
 from tuneforge.train import attention as packed_attention
 from tuneforge.train.hardware import DTYPES
-
-
-# Adapter methods save only the adapter, so their frozen base can be kept in the autocast dtype.
-_HALF_BASE_METHODS = ("lora", "rslora", "prompt_tuning")
 
 
 def load_for_method(model_dir: Path, recipe: Recipe, device: str, precision: str = "fp32"):
@@ -39,7 +35,7 @@ def load_for_method(model_dir: Path, recipe: Recipe, device: str, precision: str
     if recipe.method != "qlora":
         model = model.to(device)
     model = apply_method(model, recipe, model_dir)
-    if precision != "fp32" and recipe.method in _HALF_BASE_METHODS:
+    if precision != "fp32" and recipe.method in HALF_BASE_METHODS:
         half_frozen_linears(model, DTYPES[precision])
     return model
 

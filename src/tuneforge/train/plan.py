@@ -13,13 +13,14 @@ from pathlib import Path
 import psutil
 import torch
 
-from tuneforge.recipe import LORA_METHODS, Recipe
+from tuneforge.recipe import HALF_BASE_METHODS, LORA_METHODS, Recipe
 
 # Bytes kept for backward per token, per transformer block, per unit of hidden size (fp32, SDPA): the
 # inputs of the norms, projections and MLP (intermediate ~2.7x hidden), plus what the allocator holds
-# between micro-batches. LoRA keeps much more: a dropout copy and mask of each adapted layer's input.
-# Fitted on SmolLM2-135M, micro-batches of 4 and 16 (benchmarks/plan_accuracy.py).
-_ACTIVATION_BYTES_PER_TOKEN_BLOCK_HIDDEN = {"plain": 44, "lora": 104}
+# between micro-batches. LoRA keeps more: each adapted layer's input in the adapter's dtype, and with
+# lora.dropout a dropped-out copy and its mask too. Fitted on SmolLM2-135M, micro-batches of 4 and 16
+# (benchmarks/plan_accuracy.py).
+_ACTIVATION_BYTES_PER_TOKEN_BLOCK_HIDDEN = {"plain": 44, "lora": 64, "lora_dropout": 104}
 # With gradient checkpointing only each block's input is kept, and one block's activations live at a time.
 _CHECKPOINTED_BYTES_PER_TOKEN_BLOCK_HIDDEN = 8
 # The LM head on the answer tokens: logits, their softmax and its gradient, fp32.
@@ -28,6 +29,11 @@ _HEAD_COPIES = 3
 _RUNTIME_BYTES = 700 * 2**20
 # Use at most this share of the memory that is free when training starts.
 _MEMORY_SHARE = 0.8
+# Tokens per forward pass past which a larger micro-batch stops paying: no faster, only more activation
+# memory. CPU, measured (bundled model, LoRA, bf16, 2 cores, 512-token rows): 490 tokens per micro-batch
+# 318 tokens/s and 2.6 GiB peak, 980: 357 / 3.2 GiB, 1,960: 354 / 4.3 GiB, 3,920: 350 / 6.2 GiB.
+# GPUs need far more tokens in flight to keep their cores busy.
+_SATURATING_TOKENS = {"cpu": 1024, "cuda": 16384}
 
 
 @dataclass
@@ -95,9 +101,11 @@ def estimate_memory(shape: ModelShape, recipe: Recipe, tokens_per_micro_batch: i
                     world: int = 1) -> MemoryEstimate:
     cfg = recipe.train
     full_precision = shape.total_params - shape.four_bit_params
-    weights = full_precision * 4 + shape.four_bit_params // 2
-    if precision != "fp32":  # autocast keeps a half-precision copy of the weights it casts
-        weights += full_precision * 2
+    # Adapter methods keep their frozen linear weights in the autocast dtype (methods.half_frozen_linears).
+    half = shape.linear_params if precision != "fp32" and recipe.method in HALF_BASE_METHODS else 0
+    weights = (full_precision - half) * 4 + half * 2 + shape.four_bit_params // 2
+    if precision != "fp32":  # autocast keeps a half-precision copy of the fp32 weights it casts
+        weights += (full_precision - half) * 2
     if cfg.optimizer == "adamw":
         optimizer = shape.trainable_params * 8  # two fp32 moments
     elif cfg.optimizer == "sgd":
@@ -105,7 +113,10 @@ def estimate_memory(shape: ModelShape, recipe: Recipe, tokens_per_micro_batch: i
     else:  # adafactor: a row and a column statistic per matrix, a full one per vector
         in_matrices = sum(r * c for r, c in shape.trainable_matrices)
         optimizer = 4 * (sum(r + c for r, c in shape.trainable_matrices) + shape.trainable_params - in_matrices)
-    kept = _ACTIVATION_BYTES_PER_TOKEN_BLOCK_HIDDEN["lora" if recipe.method in LORA_METHODS else "plain"]
+    kind = "plain"
+    if recipe.method in LORA_METHODS:
+        kind = "lora_dropout" if recipe.lora.dropout else "lora"
+    kept = _ACTIVATION_BYTES_PER_TOKEN_BLOCK_HIDDEN[kind]
     per_unit = _CHECKPOINTED_BYTES_PER_TOKEN_BLOCK_HIDDEN if cfg.gradient_checkpointing else kept
     if precision != "fp32":
         per_unit //= 2
@@ -137,7 +148,8 @@ def available_memory(device: str) -> int:
 
 def make_plan(recipe: Recipe, shape: ModelShape, *, n_train: int, longest_example: int, device: str,
               precision: str, world: int = 1) -> TrainPlan:
-    """Micro-batch (the largest divisor of the per-process batch that fits), accumulation and steps."""
+    """Micro-batch, accumulation and steps. The micro-batch is the smallest divisor of the per-process
+    batch that reaches the device's saturating tokens per forward pass, or else the largest that fits."""
     cfg = recipe.train
     available = available_memory(device)
     row = recipe.data.max_length if cfg.packing else longest_example
@@ -150,7 +162,8 @@ def make_plan(recipe: Recipe, shape: ModelShape, *, n_train: int, longest_exampl
     if micro_batch is None:
         fitting = [d for d in range(1, per_process + 1)
                    if per_process % d == 0 and estimate(d).total <= available * _MEMORY_SHARE]
-        micro_batch = max(fitting, default=1)
+        enough = [d for d in fitting if d * row >= _SATURATING_TOKENS.get(device.split(":")[0], 1024)]
+        micro_batch = min(enough) if enough else max(fitting, default=1)
     micro_batch = min(micro_batch, per_process)
     accumulation = -(-per_process // micro_batch)
     steps_per_epoch = max(1, n_train // cfg.global_batch_size)
