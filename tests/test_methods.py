@@ -187,3 +187,26 @@ def test_qlora_without_bitsandbytes_says_how_to_install(tiny_recipe, tmp_path, m
     with pytest.raises(UserError, match="method: qlora needs the bitsandbytes package"):
         train(tiny_recipe(method="qlora"), tmp_path / "runs")
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("method", ["lora", "prompt_tuning"])
+def test_adapter_bases_are_kept_in_the_autocast_dtype_with_identical_results(method, tiny_recipe, tiny_model,
+                                                                              tiny_tokenizer):
+    """Under bf16 autocast the frozen linear weights are stored in bf16 (autocast would cast them on
+    every forward anyway): same logits and adapter gradients as fp32 storage, half the weight memory."""
+    recipe = tiny_recipe(method=method, prompt_tuning={"virtual_tokens": 4, "init_text": None})
+    half, plain = (load_for_method(tiny_model, recipe, "cpu", precision) for precision in ("bf16", "fp32"))
+    for name, p in half.named_parameters():
+        frozen_linear = not p.requires_grad and name.endswith("proj.weight") or "base_layer" in name
+        assert p.dtype == (torch.bfloat16 if frozen_linear else torch.float32), name
+    batch = _batch(tiny_tokenizer)
+    results = []
+    for model in (half, plain):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            s, n, _ = LossModel(model)(batch)
+        (s / n).backward()
+        results.append((s.detach(), {k: p.grad for k, p in trainable_parameters(model).items()}))
+    assert torch.equal(results[0][0], results[1][0])
+    assert results[0][1].keys() == results[1][1].keys()
+    for k in results[0][1]:
+        torch.testing.assert_close(results[0][1][k], results[1][1][k], rtol=0, atol=0)

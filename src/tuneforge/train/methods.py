@@ -44,11 +44,17 @@ def half_frozen_linears(model, dtype: torch.dtype) -> None:
     """Store frozen linear weights in the autocast dtype. Autocast would cast them on every forward
     anyway, so the results are identical, but the casts go (bundled model, LoRA, bf16: 14% of a step
     in the profile) and those weights take half the memory. Embeddings, norms and the output head (often
-    tied to the embeddings) stay fp32, so the residual stream keeps fp32 precision."""
+    tied to the embeddings) stay fp32, so the residual stream keeps fp32 precision. Those are then
+    copied out of the checkpoint's memory map, which would otherwise stay resident in full for them
+    (bundled model: 415 MB of fp32 file pages next to the 212 MB of bf16 weights)."""
     head = model.get_output_embeddings()
     for module in model.modules():
         if isinstance(module, torch.nn.Linear) and module is not head and not module.weight.requires_grad:
             module.to(dtype)
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            if tensor.dtype != dtype:
+                tensor.data = tensor.data.clone()
 
 
 def apply_method(model, recipe: Recipe, model_dir: Path | None = None):
