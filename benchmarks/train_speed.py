@@ -8,11 +8,12 @@ the same order, in a fresh process, configurations alternating:
   tuneforge      `tuneforge train`'s own code path (plan_training, load_trainee, train_step), defaults;
   tuneforge fp32 the same with train.precision fp32 (MFU against the fp32 peak);
   trl            trl.SFTTrainer with its defaults (bf16 autocast, gradient checkpointing, padded batches);
-  trl packing    the same with packing=True (best-fit decreasing rows of max_length, padding-free).
+  trl packing    the same with packing=True (best-fit decreasing rows of max_length, padding-free), as
+                 many rows a step as the batch's examples fill.
 Shared: LoRA r 16 / alpha 32 / dropout 0 on all linear layers (full: no adapters), AdamW, the method's
 learning rate, constant schedule, grad-norm clip 1.0, loss on the answer tokens only (TRL gets
-prompt / completion pairs), global batch --batch examples (trl packing: one max_length row per step,
-the same ~8 examples), max length --max-length.
+prompt / completion pairs), global batch --batch examples (trl packing: the rows they fill), max
+length --max-length.
 
 Reported per configuration: non-padding tokens/s over the steps after the first (--warmup), padding share,
 peak RSS of its process, achieved GFLOP/s and MFU against a matmul peak measured here (2048^3, in the
@@ -252,8 +253,11 @@ def run_trl(job: dict) -> dict:
         def on_step_end(self, args, state, control, **kwargs):
             times.append(time.perf_counter())
 
+    # Packed, a step takes as many max_length rows as the global batch's examples fill.
+    mean_length = sum(len(e.input_ids) for e in encoded) / len(encoded)
+    packed_rows = max(1, round(job["batch"] * mean_length / job["max_length"]))
     with tempfile.TemporaryDirectory() as out:
-        args = SFTConfig(output_dir=out, per_device_train_batch_size=1 if job["option"] else job["batch"],
+        args = SFTConfig(output_dir=out, per_device_train_batch_size=packed_rows if job["option"] else job["batch"],
                          num_train_epochs=1, learning_rate=recipe.learning_rate(), lr_scheduler_type="constant",
                          weight_decay=0.0, max_grad_norm=1.0, max_length=job["max_length"], packing=job["option"],
                          train_sampling_strategy="sequential", save_strategy="no", report_to=[],

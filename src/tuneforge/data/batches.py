@@ -53,8 +53,8 @@ def collate_packed(rows: list[list[Encoded]]) -> dict:
     """A micro-batch of packed rows as one row of examples back to back, with no padding and no mask.
 
     position_ids restart at 0 for each example and `cu_seq_lens_q/k` give where each starts (the
-    keywords of FlashAttention-2's varlen kernel; train/attention.py runs one causal attention per
-    example on other devices), so examples never see each other. The first label of each example is
+    keywords of FlashAttention-2's varlen kernel; train/attention.py uses them to run one causal
+    attention per example), so examples never see each other. The first label of each example is
     IGNORE: the position before it belongs to the previous example, which must not learn to predict it.
     """
     examples = [e for row in rows for e in row]

@@ -186,7 +186,8 @@ def format_plan(plan: TrainPlan, shape: ModelShape, packing: bool = False) -> st
         ("  optimizer", f"{m.optimizer / gib:.2f} GiB"),
         ("  best weights", f"{m.best_copy / gib:.2f} GiB (kept for early stopping)"),
         ("  activations", f"{m.activations / gib:.2f} GiB"),
-        ("batch", f"micro-batch {plan.micro_batch} {unit} x accumulation {plan.accumulation}"
+        ("batch", f"micro-batch {plan.micro_batch} {unit} x accumulation {'up to ' if packing else ''}"
+                  f"{plan.accumulation}"
                   + (f" x {plan.world} processes" if plan.world > 1 else "")),
         ("steps", f"{plan.total_steps} optimizer steps, {plan.warmup_steps} warm-up"),
     ]
