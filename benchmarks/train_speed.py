@@ -1,6 +1,7 @@
 """Training speed: tuneforge's trainer against TRL's SFTTrainer, same model, data, adapters and steps.
 
-    .venv/bin/python benchmarks/train_speed.py                       # lora and full, ~15 min on 2 cores
+    .venv/bin/pip install -c constraints.txt -e '.[bench]'             # TRL, once
+    .venv/bin/python benchmarks/train_speed.py                       # lora and full, ~8 min on 2 cores
     .venv/bin/python benchmarks/train_speed.py --methods lora --steps 4 --repeats 2
 
 Every configuration trains one pass over the same examples (pydocs, bundled SmolLM2-135M-Instruct) in
