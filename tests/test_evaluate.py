@@ -4,17 +4,70 @@ import math
 import pytest
 
 from tuneforge.errors import UserError
-from tuneforge.evaluate.metrics import bleu, rouge_l
+from tuneforge.evaluate.metrics import (METRICS, bleu, corpus_score, distinct, example_scores, paired_bootstrap,
+                                        repetition, summarize, token_f1)
 from tuneforge.evaluate.run import evaluate_run
 from tuneforge.train.run import train
 
 
-def test_text_metrics_bounds():
-    assert rouge_l(["Return the square root of x."], ["Return the square root of x."]) == [100.0]
-    assert rouge_l([""], ["Return the square root."]) == [0.0]
-    assert rouge_l(["anything"], [""]) == [0.0]
-    assert bleu(["Return the square root of x ."], ["Return the square root of x ."]) == pytest.approx(100.0)
+PREDICTIONS = ["Return the square root of x.", "", "Return the the the the the value value value value.",
+               "Open a file and return a stream.", "Sort the list in place."]
+REFERENCES = ["Return the square root of x.", "Return the median of data.", "Return the absolute value.",
+              "Open file and return a corresponding file object.", ""]
+
+
+def test_text_metrics_equal_the_libraries_called_directly():
+    """Our numbers are sacrebleu's and rouge-score's on the same strings; empty answers and references
+    score 0 instead of failing."""
+    import sacrebleu
+    from rouge_score import rouge_scorer
+
+    scores = example_scores(PREDICTIONS, REFERENCES)
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    for i, (pred, ref) in enumerate(zip(PREDICTIONS, REFERENCES)):
+        direct = scorer.score(ref, pred)
+        for name in ("rouge1", "rouge2", "rougeL"):
+            assert scores[name][i] == pytest.approx(100 * direct[name].fmeasure)
+    assert scores["rougeL"][0] == 100.0 and scores["rougeL"][1] == 0.0 and scores["rougeL"][4] == 0.0
+    assert corpus_score("bleu", PREDICTIONS, REFERENCES) == sacrebleu.corpus_bleu(PREDICTIONS, [REFERENCES]).score
+    assert corpus_score("chrf", PREDICTIONS, REFERENCES) == sacrebleu.corpus_chrf(PREDICTIONS, [REFERENCES]).score
     assert bleu([""], ["Return the square root of x."]) == 0.0
+
+
+def test_exact_match_token_f1_repetition_distinct():
+    scores = example_scores(PREDICTIONS, REFERENCES)
+    assert scores["exact_match"] == [100.0, 0.0, 0.0, 0.0, 0.0]  # case, punctuation and articles ignored
+    assert token_f1("The square root of x", "square root of x!") == 100.0
+    assert token_f1("Open a file and return a stream.", "Open file and return a corresponding file object.") == \
+        pytest.approx(100 * 2 * (4 / 5) * (4 / 7) / (4 / 5 + 4 / 7))  # normalised: 4 shared words, 5 and 7 in all
+    assert scores["token_f1"][1] == 0.0 and scores["token_f1"][4] == 0.0
+    assert repetition("a b c a b c a b c") == pytest.approx(100 * 4 / 7)  # 7 trigrams, 3 distinct
+    assert repetition("one two") == 0.0 and repetition("") == 0.0
+    assert distinct(["a b", "a b", "c d"], 1) == pytest.approx(100 * 4 / 6)
+    assert scores["length"] == [6.0, 0.0, 10.0, 7.0, 5.0]
+
+
+def test_bootstrap_intervals_contain_the_value_and_narrow_with_more_examples():
+    predictions, references = PREDICTIONS * 2, REFERENCES * 2
+    small = summarize(predictions, references, example_scores(predictions, references))
+    large = summarize(predictions * 10, references * 10, example_scores(predictions * 10, references * 10))
+    assert set(small) == set(METRICS)
+    for name, s in small.items():
+        if name.startswith("distinct"):  # a set ratio: no percentile interval
+            assert s["low"] is None and s["high"] is None
+            continue
+        assert s["low"] <= s["value"] <= s["high"], name
+    assert large["rougeL"]["high"] - large["rougeL"]["low"] < small["rougeL"]["high"] - small["rougeL"]["low"]
+    assert summarize([], [], {}) == {}
+
+
+def test_paired_bootstrap_counts_wins_and_finds_a_real_difference():
+    same = paired_bootstrap([10.0, 20.0, 30.0], [10.0, 20.0, 30.0])
+    assert same == {"delta": 0.0, "p_value": 1.0, "wins": 0, "ties": 3, "losses": 0}
+    better = paired_bootstrap([0.0] * 30, [50.0] * 25 + [0.0] * 5)
+    assert better["wins"] == 25 and better["ties"] == 5 and better["p_value"] < 0.01
+    noisy = paired_bootstrap([0.0, 100.0] * 10, [100.0, 0.0] * 10)
+    assert noisy["delta"] == 0.0 and noisy["p_value"] == 1.0
 
 
 def test_eval_writes_metrics_and_samples_for_base_and_tuned(tiny_recipe, tmp_path):
@@ -25,6 +78,10 @@ def test_eval_writes_metrics_and_samples_for_base_and_tuned(tiny_recipe, tmp_pat
     for which in ("base", "tuned"):
         assert saved[which]["perplexity"] == pytest.approx(math.exp(saved[which]["loss"]), rel=1e-3)
         assert 0 <= saved[which]["rouge_l"] <= 100 and saved[which]["bleu"] >= 0
+        assert set(saved[which]["scores"]) == set(METRICS)
+        assert saved[which]["scores"]["rougeL"]["value"] == pytest.approx(saved[which]["rouge_l"], abs=1e-3)
+    for name, paired in saved["paired"].items():
+        assert paired["wins"] + paired["ties"] + paired["losses"] == 4 and 0 <= paired["p_value"] <= 1, name
     assert saved["base"]["loss"] != saved["tuned"]["loss"]
     samples = [json.loads(line) for line in (run / "eval" / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == saved["generated"] == 4

@@ -1,7 +1,8 @@
 """`tuneforge eval RUN`: the tuned and the base model on the same test prompts, same decoding.
 
-Writes eval/metrics.json (perplexity, ROUGE-L, BLEU for base and tuned) and eval/samples.jsonl
-(prompt, reference, base answer, tuned answer, per-example ROUGE-L).
+Writes eval/metrics.json (perplexity, and every text metric with its bootstrap 95% interval, for base
+and tuned; tuned against base per example: wins / ties / losses and a paired bootstrap p-value) and
+eval/samples.jsonl (prompt, reference, base answer, tuned answer, per-example ROUGE-L).
 """
 
 import contextlib
@@ -13,8 +14,8 @@ from pathlib import Path
 from tuneforge.data.prepare import read_split
 from tuneforge.data.tokenize import encode, render_prompt
 from tuneforge.errors import UserError
-from tuneforge.evaluate.metrics import bleu, perplexity, rouge_l
-from tuneforge.evaluate.table import format_comparison
+from tuneforge.evaluate.metrics import EXAMPLE_METRICS, bleu, example_scores, paired_bootstrap, perplexity, summarize
+from tuneforge.evaluate.table import format_comparison, format_scores
 from tuneforge.inference.generate import generate_batch
 from tuneforge.inference.run_models import RunModels
 from tuneforge.train.loss import LossModel, evaluate_loss
@@ -38,7 +39,7 @@ def evaluate_run(run_dir: Path, max_samples: int | None = None) -> dict:
     started = time.perf_counter()
     metrics = {"test_examples": len(encoded), "generated": n,
                "decoding": {"greedy": True, "max_new_tokens": recipe.eval.max_new_tokens}}
-    answers = {}
+    answers, per_example = {}, {}
     for which in ("base", "tuned"):
         context = models.base() if which == "base" else contextlib.nullcontext(models.tuned)
         with context as model:
@@ -47,11 +48,16 @@ def evaluate_run(run_dir: Path, max_samples: int | None = None) -> dict:
             loss, tokens = result.loss, result.tokens
             answers[which] = generate_batch(model, tokenizer, prompts, recipe.eval.max_new_tokens,
                                             recipe.eval.batch_size, desc=f"generate ({which})")
-        scores = rouge_l(answers[which], references)
+        per_example[which] = example_scores(answers[which], references)
+        scores = per_example[which]["rougeL"]
         metrics[which] = {"perplexity": round(perplexity(loss), 4), "loss": round(loss, 5), "loss_tokens": tokens,
                           "rouge_l": round(sum(scores) / len(scores), 3) if scores else None,
-                          "bleu": round(bleu(answers[which], references), 3) if scores else None}
+                          "bleu": round(bleu(answers[which], references), 3) if scores else None,
+                          "scores": summarize(answers[which], references, per_example[which], seed=recipe.seed)}
         answers[f"rouge_l_{which}"] = scores
+    # tuned against base on the same prompts, per example (repetition and length are not better or worse)
+    metrics["paired"] = {name: paired_bootstrap(per_example["base"][name], per_example["tuned"][name], seed=recipe.seed)
+                         for name in EXAMPLE_METRICS if name not in ("repetition", "length")}
     metrics["seconds"] = round(time.perf_counter() - started, 1)
 
     out = models.run_dir / "eval"
@@ -66,5 +72,6 @@ def evaluate_run(run_dir: Path, max_samples: int | None = None) -> dict:
                 "rouge_l_tuned": round(answers["rouge_l_tuned"][i], 3),
             }, ensure_ascii=False) + "\n")
     print(format_comparison(metrics))
+    print(format_scores(metrics))
     print(f"Wrote {out / 'metrics.json'} and {out / 'samples.jsonl'}")
     return metrics

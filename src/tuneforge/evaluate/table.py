@@ -16,6 +16,32 @@ def format_comparison(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+_LABELS = {"rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "exact_match": "exact match",
+           "token_f1": "token F1", "repetition": "repetition", "length": "length (words)", "bleu": "BLEU",
+           "chrf": "chrF", "distinct_1": "distinct-1", "distinct_2": "distinct-2"}
+
+
+def format_scores(metrics: dict) -> str:
+    """Every text metric for base and tuned with its 95% interval; wins / ties / losses and the paired
+    bootstrap p-value of tuned against base where the metric is scored per example."""
+    base, tuned = metrics["base"].get("scores") or {}, metrics["tuned"].get("scores") or {}
+    lines = [f"{'metric':<15} {'base [95% interval]':>23} {'tuned [95% interval]':>23} {'W/T/L':>9} {'p':>7}"]
+    for name, label in _LABELS.items():
+        if name not in base or name not in tuned:
+            continue
+        paired = metrics.get("paired", {}).get(name)
+        wtl = f"{paired['wins']}/{paired['ties']}/{paired['losses']}" if paired else ""
+        p = f"{paired['p_value']:.3f}" if paired else ""
+        lines.append(f"{label:<15} {_interval(base[name]):>23} {_interval(tuned[name]):>23} {wtl:>9} {p:>7}")
+    return "\n".join(lines)
+
+
+def _interval(score: dict) -> str:
+    if score["low"] is None:
+        return f"{score['value']:.1f}"
+    return f"{score['value']:.1f} [{score['low']:.1f}, {score['high']:.1f}]"
+
+
 def format_side_by_side(sample: dict, width: int = 100) -> str:
     column = (width - 3) // 2
     out = [f"Q: {sample['prompt']}", f"reference: {sample['reference']}"]
