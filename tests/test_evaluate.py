@@ -5,7 +5,7 @@ import pytest
 
 from tuneforge.errors import UserError
 from tuneforge.evaluate.metrics import (METRICS, bleu, corpus_score, distinct, example_scores, paired_bootstrap,
-                                        repetition, summarize, token_f1)
+                                        perplexity_interval, repetition, summarize, token_f1)
 from tuneforge.evaluate.run import evaluate_run
 from tuneforge.train.run import train
 
@@ -61,6 +61,14 @@ def test_bootstrap_intervals_contain_the_value_and_narrow_with_more_examples():
     assert summarize([], [], {}) == {}
 
 
+def test_perplexity_interval_is_token_weighted():
+    # two examples: 10 tokens at loss 1.0 each, 30 tokens at 2.0: exp((10 + 60) / 40)
+    result = perplexity_interval([10.0, 60.0], [10, 30])
+    assert result["value"] == pytest.approx(math.exp(70 / 40), abs=1e-3)
+    assert math.exp(1.0) - 1e-3 <= result["low"] <= result["value"] <= result["high"] <= math.exp(2.0) + 1e-3
+    assert perplexity_interval([], []) == {}
+
+
 def test_paired_bootstrap_counts_wins_and_finds_a_real_difference():
     same = paired_bootstrap([10.0, 20.0, 30.0], [10.0, 20.0, 30.0])
     assert same == {"delta": 0.0, "p_value": 1.0, "wins": 0, "ties": 3, "losses": 0}
@@ -78,10 +86,13 @@ def test_eval_writes_metrics_and_samples_for_base_and_tuned(tiny_recipe, tmp_pat
     for which in ("base", "tuned"):
         assert saved[which]["perplexity"] == pytest.approx(math.exp(saved[which]["loss"]), rel=1e-3)
         assert 0 <= saved[which]["rouge_l"] <= 100 and saved[which]["bleu"] >= 0
-        assert set(saved[which]["scores"]) == set(METRICS)
+        assert set(saved[which]["scores"]) == {"perplexity", *METRICS}
+        ppl = saved[which]["scores"]["perplexity"]
+        assert ppl["value"] == pytest.approx(saved[which]["perplexity"], rel=1e-3) and ppl["low"] <= ppl["high"]
         assert saved[which]["scores"]["rougeL"]["value"] == pytest.approx(saved[which]["rouge_l"], abs=1e-3)
-    for name, paired in saved["paired"].items():
-        assert paired["wins"] + paired["ties"] + paired["losses"] == 4 and 0 <= paired["p_value"] <= 1, name
+    for name, paired in saved["paired"].items():  # perplexity over every test example, the rest over answers
+        n = saved["test_examples"] if name == "perplexity" else 4
+        assert paired["wins"] + paired["ties"] + paired["losses"] == n and 0 <= paired["p_value"] <= 1, name
     assert saved["base"]["loss"] != saved["tuned"]["loss"]
     samples = [json.loads(line) for line in (run / "eval" / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == saved["generated"] == 4

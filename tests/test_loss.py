@@ -10,7 +10,7 @@ from tuneforge.data.batches import collate, collate_packed, pack
 from tuneforge.data.tokenize import encode
 from tuneforge.models.loader import load_model
 from tuneforge.train.attention import NAME
-from tuneforge.train.loss import LossModel, evaluate_loss
+from tuneforge.train.loss import LossModel, evaluate_loss, example_losses
 
 
 def _rows(tokenizer, n=5):
@@ -79,3 +79,16 @@ def test_best_fit_decreasing_fills_rows():
     # 60 | 50+10 | 40+20 | 30+5+5: each example goes to the row with the least room that still fits it
     assert sorted(sum(len(e.input_ids) for e in r) for r in rows) == [40, 60, 60, 60]
     assert sum(len(r) for r in rows) == 8
+
+
+def test_per_example_losses_add_up_to_the_batched_mean(tiny_model, tiny_tokenizer):
+    """Eval intervals resample examples: each example's loss sum and answer-token count, in the
+    order given, must total exactly what evaluate_loss reports, whatever the batching."""
+    loss_model = LossModel(load_model(tiny_model))
+    rows = _rows(tiny_tokenizer, 7)
+    sums, counts = example_losses(loss_model.model, rows, 3, tiny_tokenizer.pad_token_id, "cpu")
+    assert counts == [r.loss_tokens for r in rows]
+    whole = evaluate_loss(loss_model, rows, 4, tiny_tokenizer.pad_token_id, "cpu", contextlib.nullcontext)
+    assert sum(sums) / sum(counts) == pytest.approx(whole.loss, rel=1e-6)
+    alone = [loss_model(collate([r], tiny_tokenizer.pad_token_id))[0].item() for r in rows]
+    assert sums == pytest.approx(alone, rel=1e-5)

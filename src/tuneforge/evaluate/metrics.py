@@ -33,6 +33,18 @@ def perplexity(mean_loss: float) -> float:
     return math.exp(mean_loss)
 
 
+def perplexity_interval(sums: list[float], counts: list[int], samples: int = BOOTSTRAP_SAMPLES,
+                        seed: int = 0) -> dict[str, float]:
+    """Token-weighted perplexity, exp(summed loss / answer tokens), with the bootstrap 95% interval of
+    resampling the examples (each example's loss sum and token count travel together)."""
+    s, n = np.asarray(sums, dtype=float), np.asarray(counts, dtype=float)
+    if not n.sum():
+        return {}
+    picks = np.random.default_rng(seed).integers(0, len(s), size=(samples, len(s)))
+    resampled = np.exp(s[picks].sum(axis=1) / np.maximum(n[picks].sum(axis=1), 1))
+    return _with_interval(math.exp(s.sum() / n.sum()), resampled)
+
+
 def example_scores(predictions: list[str], references: list[str]) -> dict[str, list[float]]:
     """Every per-example metric, one list per metric, in example order."""
     scores = {name: [] for name in EXAMPLE_METRICS}

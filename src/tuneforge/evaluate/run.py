@@ -14,11 +14,12 @@ from pathlib import Path
 from tuneforge.data.prepare import read_split
 from tuneforge.data.tokenize import encode, render_prompt
 from tuneforge.errors import UserError
-from tuneforge.evaluate.metrics import EXAMPLE_METRICS, bleu, example_scores, paired_bootstrap, perplexity, summarize
+from tuneforge.evaluate.metrics import (EXAMPLE_METRICS, bleu, example_scores, paired_bootstrap, perplexity,
+                                        perplexity_interval, summarize)
 from tuneforge.evaluate.table import format_comparison, format_scores
 from tuneforge.inference.generate import generate_batch
 from tuneforge.inference.run_models import RunModels
-from tuneforge.train.loss import LossModel, evaluate_loss
+from tuneforge.train.loss import example_losses
 
 
 def evaluate_run(run_dir: Path, max_samples: int | None = None) -> dict:
@@ -39,13 +40,15 @@ def evaluate_run(run_dir: Path, max_samples: int | None = None) -> dict:
     started = time.perf_counter()
     metrics = {"test_examples": len(encoded), "generated": n,
                "decoding": {"greedy": True, "max_new_tokens": recipe.eval.max_new_tokens}}
-    answers, per_example = {}, {}
+    answers, per_example, per_example_loss = {}, {}, {}
     for which in ("base", "tuned"):
         context = models.base() if which == "base" else contextlib.nullcontext(models.tuned)
         with context as model:
-            result = evaluate_loss(LossModel(model), encoded, recipe.eval.batch_size, tokenizer.pad_token_id,
-                                   models.device, contextlib.nullcontext)
-            loss, tokens = result.loss, result.tokens
+            sums, counts = example_losses(model, encoded, recipe.eval.batch_size, tokenizer.pad_token_id,
+                                          models.device)
+            loss, tokens = sum(sums) / sum(counts), sum(counts)
+            # per example, higher is better, so tuned "wins" an example where its loss is lower
+            per_example_loss[which] = [-a / b for a, b in zip(sums, counts)]
             answers[which] = generate_batch(model, tokenizer, prompts, recipe.eval.max_new_tokens,
                                             recipe.eval.batch_size, desc=f"generate ({which})")
         per_example[which] = example_scores(answers[which], references)
@@ -53,11 +56,14 @@ def evaluate_run(run_dir: Path, max_samples: int | None = None) -> dict:
         metrics[which] = {"perplexity": round(perplexity(loss), 4), "loss": round(loss, 5), "loss_tokens": tokens,
                           "rouge_l": round(sum(scores) / len(scores), 3) if scores else None,
                           "bleu": round(bleu(answers[which], references), 3) if scores else None,
-                          "scores": summarize(answers[which], references, per_example[which], seed=recipe.seed)}
+                          "scores": {"perplexity": perplexity_interval(sums, counts, seed=recipe.seed),
+                                     **summarize(answers[which], references, per_example[which], seed=recipe.seed)}}
         answers[f"rouge_l_{which}"] = scores
     # tuned against base on the same prompts, per example (repetition and length are not better or worse)
     metrics["paired"] = {name: paired_bootstrap(per_example["base"][name], per_example["tuned"][name], seed=recipe.seed)
                          for name in EXAMPLE_METRICS if name not in ("repetition", "length")}
+    metrics["paired"]["perplexity"] = paired_bootstrap(per_example_loss["base"], per_example_loss["tuned"],
+                                                       seed=recipe.seed)
     metrics["seconds"] = round(time.perf_counter() - started, 1)
 
     out = models.run_dir / "eval"

@@ -16,7 +16,7 @@ def format_comparison(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-_LABELS = {"rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "exact_match": "exact match",
+_LABELS = {"perplexity": "perplexity", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "exact_match": "exact match",
            "token_f1": "token F1", "repetition": "repetition", "length": "length (words)", "bleu": "BLEU",
            "chrf": "chrF", "distinct_1": "distinct-1", "distinct_2": "distinct-2"}
 

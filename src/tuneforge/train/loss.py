@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from tuneforge.data.batches import collate
+from tuneforge.data.batches import collate, to_device
 from tuneforge.data.tokenize import IGNORE
 
 
@@ -102,3 +102,25 @@ def evaluate_loss(loss_model: LossModel, examples: list, micro_batch: int, pad_i
     loss_model.train(was_training)
     loss, n, correct = totals.tolist()
     return ValResult(loss / n if n else float("nan"), correct / n if n else float("nan"), int(n))
+
+
+@torch.no_grad()
+def example_losses(model, examples: list, micro_batch: int, pad_id: int, device: str) -> tuple[list[float], list[int]]:
+    """Each example's summed next-token loss over its answer tokens and how many there are, in the order
+    given (for intervals and paired tests over examples; their totals give evaluate_loss's mean)."""
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
+    sums, counts = [0.0] * len(examples), [0] * len(examples)
+    for start in range(0, len(order), micro_batch):
+        chosen = order[start:start + micro_batch]
+        batch = to_device(collate([examples[i] for i in chosen], pad_id), device)
+        logits, targets = answer_logits(model, batch)
+        rows = (batch["labels"][:, 1:] != IGNORE).nonzero()[:, 0]  # row-major, like answer_logits' mask
+        losses = F.cross_entropy(logits.float(), targets, reduction="none").double()
+        per_row = torch.zeros(len(chosen), dtype=torch.float64, device=losses.device).index_add_(0, rows, losses)
+        tokens = torch.bincount(rows, minlength=len(chosen))
+        for j, i in enumerate(chosen):
+            sums[i], counts[i] = float(per_row[j]), int(tokens[j])
+    model.train(was_training)
+    return sums, counts
