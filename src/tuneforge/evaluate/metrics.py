@@ -22,6 +22,7 @@ EXAMPLE_METRICS = ("rouge1", "rouge2", "rougeL", "exact_match", "token_f1", "rep
 CORPUS_METRICS = ("bleu", "chrf", "distinct_1", "distinct_2")
 METRICS = EXAMPLE_METRICS + CORPUS_METRICS
 BOOTSTRAP_SAMPLES = 1000
+_NO_PUNCTUATION = str.maketrans("", "", string.punctuation)
 
 
 def bleu(predictions: list[str], references: list[str]) -> float:
@@ -132,7 +133,7 @@ def _with_interval(value: float, resampled: np.ndarray) -> dict[str, float]:
 
 
 def _normalize(text: str) -> str:
-    text = "".join(c for c in text.lower() if c not in set(string.punctuation))
+    text = text.lower().translate(_NO_PUNCTUATION)
     return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
 
 

@@ -94,7 +94,7 @@ def evaluate_loss(loss_model: LossModel, examples: list, micro_batch: int, pad_i
     ordered = sorted(examples, key=lambda e: len(e.input_ids))
     batches = [ordered[i:i + micro_batch] for i in range(0, len(ordered), micro_batch)]
     for rows, weight in share_batches(batches, d):
-        batch = {k: v.to(device) for k, v in collate(rows, pad_id).items()}
+        batch = to_device(collate(rows, pad_id), device)
         with autocast():
             s, n, correct = loss_model(batch)
         totals += weight * torch.tensor([s.item(), n, correct], dtype=torch.float64)
