@@ -15,7 +15,21 @@ EXAMPLES = {
              "  tuneforge train recipes/pydocs-full.yaml --find-lr\n"
              "  torchrun --nproc-per-node 2 -m tuneforge train recipes/pydocs-lora.yaml",
     "plan": "tuneforge plan recipes/pydocs-full.yaml --set train.gradient_checkpointing=true",
-    "eval": "tuneforge eval runs/pydocs-lora",
+    "eval": "tuneforge eval runs/pydocs-lora\n"
+            "  tuneforge eval runs/pydocs-lora --compare runs/pydocs-full --metrics perplexity,rougeL,bleu\n"
+            "  tuneforge eval export-pairs runs/pydocs-lora\n"
+            "  tuneforge eval import-ratings runs/pydocs-lora rated.csv\n"
+            "  tuneforge eval judge runs/pydocs-lora --judge smollm2-135m-instruct",
+    "eval run": "tuneforge eval runs/pydocs-lora\n"
+                "  tuneforge eval runs/pydocs-lora --compare runs/pydocs-full runs/pydocs-freeze\n"
+                "  tuneforge eval runs/pydocs-lora --lm-eval my_task --lm-eval-include tasks/",
+    "eval export-pairs": "tuneforge eval export-pairs runs/pydocs-lora --out to-rate.csv",
+    "eval import-ratings": "tuneforge eval import-ratings runs/pydocs-lora to-rate.csv",
+    "eval judge": "tuneforge eval judge runs/pydocs-lora --judge smollm2-135m-instruct\n"
+                  "  tuneforge eval judge runs/pydocs-lora --judge http://127.0.0.1:8000/v1 --judge-model gpt-4o-mini",
+    "runs": "tuneforge runs ls\n  tuneforge runs compare runs/pydocs-lora runs/pydocs-full",
+    "runs ls": "tuneforge runs ls --runs-dir runs",
+    "runs compare": "tuneforge runs compare runs/pydocs-lora runs/pydocs-full --out comparison.png",
     "generate": "tuneforge generate runs/pydocs-lora --prompt 'What does `json.dumps` do?'",
     "chat": "tuneforge chat runs/pydocs-lora",
     "demo": "tuneforge demo",
@@ -74,9 +88,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=["train", "val", "test"], default="train")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
-    p = command("eval", "Evaluate a run: perplexity, ROUGE-L and BLEU of base and tuned model on the test split.")
+    ev = command("eval", "Evaluate a run (base vs tuned, forgetting, report); export / import blind human "
+                         "ratings; ask an LLM judge. `tuneforge eval RUN` is short for `tuneforge eval run RUN`.")
+    ev_sub = ev.add_subparsers(dest="eval_command", metavar="SUBCOMMAND", required=True)
+    p = command("eval run", "Tuned vs base (and --compare runs) on the test split: perplexity, ROUGE, BLEU, chrF, "
+                            "exact match, token F1, repetition, distinct-n with 95% intervals, paired tests, the "
+                            "forgetting check; writes eval/metrics.json, samples.jsonl, report.html and report.md.",
+                ev_sub)
     p.add_argument("run", help="run folder, for instance runs/pydocs-lora")
     p.add_argument("--max-samples", type=int, help="test prompts to generate for (default: the recipe's eval.max_samples)")
+    p.add_argument("--compare", nargs="+", default=[], metavar="RUN", help="other runs to score on the same prompts")
+    p.add_argument("--metrics", help="comma-separated metrics to show (default all): perplexity, rouge1, rouge2, "
+                                     "rougeL, exact_match, token_f1, repetition, length, bleu, chrf, distinct_1, distinct_2")
+    p.add_argument("--lm-eval", metavar="TASKS", help="comma-separated lm-evaluation-harness tasks to run on the "
+                                                      "merged tuned model")
+    p.add_argument("--lm-eval-include", metavar="FOLDER", help="folder of lm-eval task YAML files (local tasks)")
+    p.add_argument("--lm-eval-limit", type=int, metavar="N", help="at most N documents per lm-eval task")
+    p = command("eval export-pairs", "Write the tuned and base answers as blind pairs (order randomised, models "
+                                     "hidden) to rate by hand: a CSV or JSONL with an empty rating column.", ev_sub)
+    p.add_argument("run", help="an evaluated run folder")
+    p.add_argument("--out", help="file to write, .csv or .jsonl (default: RUN/eval/pairs.csv)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing pairs file")
+    p = command("eval import-ratings", "Read a rated pairs file (rating A, B or tie), map it back to the models "
+                                       "and add the result to the report.", ev_sub)
+    p.add_argument("run", help="the run the pairs were exported from")
+    p.add_argument("file", help="the rated .csv or .jsonl file")
+    p = command("eval judge", "Let a judge model compare tuned and base answers against a rubric, each pair in "
+                              "both orders; adds the result to the report.", ev_sub)
+    p.add_argument("run", help="an evaluated run folder")
+    p.add_argument("--judge", required=True, help="a model (catalogue name, folder, hub id) or an OpenAI-compatible "
+                                                  "endpoint URL (http://host:port/v1; key from TUNEFORGE_JUDGE_API_KEY "
+                                                  "or OPENAI_API_KEY)")
+    p.add_argument("--judge-model", help="the `model` field sent to an endpoint")
+    p.add_argument("--rubric", help="a text file with the judging instructions (default: a built-in rubric)")
+
+    runs = command("runs", "List runs or compare several: hyperparameters, best val loss, headline metrics.")
+    runs_sub = runs.add_subparsers(dest="runs_command", metavar="SUBCOMMAND", required=True)
+    p = command("runs ls", "A table of the runs in a folder: name, model, method, key hyperparameters, best val "
+                           "loss, headline metrics, status.", runs_sub)
+    p.add_argument("--runs-dir", default="runs", help="folder holding run folders (default: runs)")
+    p = command("runs compare", "Several runs side by side (recipe differences, metrics) with their loss curves "
+                                "overlaid in one PNG.", runs_sub)
+    p.add_argument("runs", nargs="+", metavar="RUN", help="two or more run folders")
+    p.add_argument("--out", help="PNG for the overlaid loss curves (default: runs-compare.png)")
 
     p = command("generate", "Answer one prompt with a run's fine-tuned model.")
     p.add_argument("run", help="run folder")
@@ -95,7 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EVAL_COMMANDS = ("run", "export-pairs", "import-ratings", "judge")
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) >= 2 and argv[0] == "eval" and argv[1] not in EVAL_COMMANDS and not argv[1].startswith("-"):
+        argv.insert(1, "run")  # `tuneforge eval RUN` is `tuneforge eval run RUN`
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     _quiet_libraries()
@@ -151,9 +211,14 @@ def _run(args) -> int | None:
     elif args.command == "data":
         _data(args)
     elif args.command == "eval":
-        from tuneforge.evaluate.run import evaluate_run
+        _eval(args)
+    elif args.command == "runs":
+        from tuneforge.runs.table import compare_runs, list_runs
 
-        evaluate_run(Path(args.run), max_samples=args.max_samples)
+        if args.runs_command == "ls":
+            print(list_runs(Path(args.runs_dir)))
+        else:
+            print(compare_runs([Path(r) for r in args.runs], Path(args.out or "runs-compare.png")))
     elif args.command == "generate":
         from tuneforge.inference.session import ChatSession
 
@@ -168,6 +233,39 @@ def _run(args) -> int | None:
 
         run_demo(Path(args.runs_dir), args.overrides)
     return 0
+
+
+def _eval(args) -> None:
+    if args.eval_command == "run":
+        from tuneforge.evaluate.run import evaluate_run
+
+        evaluate_run(Path(args.run), max_samples=args.max_samples, compare=[Path(r) for r in args.compare],
+                     metrics_filter=_names(args.metrics), lm_eval=_names(args.lm_eval),
+                     lm_eval_include=Path(args.lm_eval_include) if args.lm_eval_include else None,
+                     lm_eval_limit=args.lm_eval_limit)
+    elif args.eval_command == "export-pairs":
+        from tuneforge.evaluate.pairs import export_pairs
+
+        out = export_pairs(Path(args.run), Path(args.out) if args.out else None, overwrite=args.overwrite)
+        print(f"Wrote {out}: fill the rating column with A, B or tie, then: tuneforge eval import-ratings {args.run} {out}")
+    elif args.eval_command == "import-ratings":
+        from tuneforge.evaluate.pairs import import_ratings
+
+        result = import_ratings(Path(args.run), Path(args.file))
+        p = result["pairs"][0]
+        print(f"{p['a']} {p['a_wins']} wins, {p['ties']} ties, {p['b']} {p['b_wins']} wins "
+              f"({p['a']} win rate {p['a_win_rate']:.0%}); {result['note']} Report: {args.run}/eval/report.html")
+    else:
+        from tuneforge.evaluate.judge import judge_run
+
+        result = judge_run(Path(args.run), args.judge, Path(args.rubric) if args.rubric else None, args.judge_model)
+        p = result["pairs"][0]
+        print(f"{p['a']} {p['a_wins']} wins, {p['ties']} ties, {p['b']} {p['b_wins']} wins "
+              f"({p['a']} win rate {p['a_win_rate']:.0%}). {result['note']}")
+
+
+def _names(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
 
 def _data(args) -> None:

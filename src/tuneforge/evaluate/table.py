@@ -16,7 +16,7 @@ def format_comparison(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-_LABELS = {"perplexity": "perplexity", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "exact_match": "exact match",
+LABELS = {"perplexity": "perplexity", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "exact_match": "exact match",
            "token_f1": "token F1", "repetition": "repetition", "length": "length (words)", "bleu": "BLEU",
            "chrf": "chrF", "distinct_1": "distinct-1", "distinct_2": "distinct-2"}
 
@@ -26,17 +26,26 @@ def format_scores(metrics: dict) -> str:
     bootstrap p-value of tuned against base where the metric is scored per example."""
     base, tuned = metrics["base"].get("scores") or {}, metrics["tuned"].get("scores") or {}
     lines = [f"{'metric':<15} {'base [95% interval]':>23} {'tuned [95% interval]':>23} {'W/T/L':>9} {'p':>7}"]
-    for name, label in _LABELS.items():
-        if name not in base or name not in tuned:
+    for name, label in LABELS.items():
+        if name not in base or name not in tuned or name not in metrics.get("metrics", LABELS):
             continue
         paired = metrics.get("paired", {}).get(name)
         wtl = f"{paired['wins']}/{paired['ties']}/{paired['losses']}" if paired else ""
         p = f"{paired['p_value']:.3f}" if paired else ""
-        lines.append(f"{label:<15} {_interval(base[name]):>23} {_interval(tuned[name]):>23} {wtl:>9} {p:>7}")
+        lines.append(f"{label:<15} {interval(base[name]):>23} {interval(tuned[name]):>23} {wtl:>9} {p:>7}")
+    forgot = metrics.get("forgetting")
+    if forgot:
+        lines.append(f"\nforgetting check: general-text perplexity {forgot['base']:.2f} -> {forgot['tuned']:.2f} "
+                     f"({forgot['change']:+.1%}; " + ("FLAGGED, above" if forgot["flagged"] else "within")
+                     + f" the {forgot['threshold']:.0%} threshold)")
+    for name, compared in metrics.get("runs", {}).items():
+        wins = ", ".join(f"{LABELS.get(m, m)} {p['wins']}/{p['ties']}/{p['losses']} (p={p['p_value']:.3f})"
+                         for m, p in compared["paired"].items())
+        lines.append(f"tuned vs {name} (W/T/L): {wins}")
     return "\n".join(lines)
 
 
-def _interval(score: dict) -> str:
+def interval(score: dict) -> str:
     if score["low"] is None:
         return f"{score['value']:.1f}"
     return f"{score['value']:.1f} [{score['low']:.1f}, {score['high']:.1f}]"

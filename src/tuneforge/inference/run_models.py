@@ -9,16 +9,21 @@ from tuneforge.errors import UserError
 from tuneforge.models.loader import load_model, load_tokenizer, resolve_model
 from tuneforge.recipe import ADAPTER_METHODS, Recipe, load_recipe
 from tuneforge.runs.folder import open_run
-from tuneforge.train.hardware import detect_device
+from tuneforge.train import attention
+from tuneforge.train.hardware import DTYPES, choose_precision, detect_device
+from tuneforge.train.methods import half_frozen_linears
 
 
 class RunModels:
     """The tuned model of a run; `base()` gives the model before fine-tuning.
 
-    For LoRA runs the base is the same weights with the adapter switched off (no second copy).
+    For LoRA runs the base is the same weights with the adapter switched off (no second copy). Models
+    run inference only: no weight requires a gradient, attention takes packed rows (train/attention.py),
+    and with a bf16 / fp16 `precision` the linear weights are stored in that dtype, so every forward
+    must run under `self.autocast()`.
     """
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, precision: str = "fp32"):
         self.run_dir = open_run(run_dir)
         model_dir = self.run_dir / "model"
         if not model_dir.is_dir():
@@ -26,15 +31,29 @@ class RunModels:
                             f"Continue it with: tuneforge train --resume {self.run_dir}")
         self.recipe: Recipe = load_recipe(self.run_dir / "recipe.yaml")
         self.device = detect_device()
+        self.precision = choose_precision(precision, self.device)
         self.tokenizer = load_tokenizer(model_dir)
         self._base_dir = resolve_model(self.recipe.model.name)
         if self.recipe.method in ADAPTER_METHODS:
             from peft import PeftModel
 
-            self.tuned = PeftModel.from_pretrained(load_model(self._base_dir, torch.float32, self.device), model_dir)
+            self.tuned = PeftModel.from_pretrained(self._load(self._base_dir), model_dir)
         else:
-            self.tuned = load_model(model_dir, torch.float32, self.device)
-        self.tuned.eval()
+            self.tuned = self._load(model_dir)
+        self._for_inference(self.tuned)
+
+    def autocast(self):
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device, DTYPES[self.precision])
+
+    def _load(self, folder: Path):
+        return load_model(folder, torch.float32, self.device, attn_implementation=attention.NAME)
+
+    def _for_inference(self, model) -> None:
+        model.eval().requires_grad_(False)
+        if self.precision != "fp32":
+            half_frozen_linears(model, DTYPES[self.precision])
 
     @contextlib.contextmanager
     def base(self):
@@ -42,6 +61,7 @@ class RunModels:
             with self.tuned.disable_adapter():
                 yield self.tuned
         else:
-            base = load_model(self._base_dir, torch.float32, self.device).eval()
+            base = self._load(self._base_dir)
+            self._for_inference(base)
             yield base
             del base

@@ -48,8 +48,8 @@ def load_tokenizer(folder: Path):
     return tokenizer
 
 
-def load_model(folder: Path, dtype: torch.dtype = torch.float32, device: str = "cpu"):
+def load_model(folder: Path, dtype: torch.dtype = torch.float32, device: str = "cpu", attn_implementation: str | None = None):
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation=attn_implementation)
     return model.to(device)

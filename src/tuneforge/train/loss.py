@@ -6,12 +6,13 @@ A batch is padded (input_ids, labels, attention_mask) or packed (input_ids, labe
 restart per example and no attention mask, so transformers builds a block-diagonal causal mask).
 """
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from tuneforge.data.batches import collate, to_device
+from tuneforge.data.batches import collate, collate_packed, pack, to_device
 from tuneforge.data.tokenize import IGNORE
 
 
@@ -105,22 +106,43 @@ def evaluate_loss(loss_model: LossModel, examples: list, micro_batch: int, pad_i
 
 
 @torch.no_grad()
-def example_losses(model, examples: list, micro_batch: int, pad_id: int, device: str) -> tuple[list[float], list[int]]:
-    """Each example's summed next-token loss over its answer tokens and how many there are, in the order
-    given (for intervals and paired tests over examples; their totals give evaluate_loss's mean)."""
+def example_losses(model, examples: list, device: str, tokens_per_batch: int = 2048, pad_id: int = 0,
+                   autocast=contextlib.nullcontext) -> tuple[list[float], list[int]]:
+    """Each example's summed next-token loss over its loss tokens and how many there are, in the order
+    given (for intervals and paired tests over examples; their totals give evaluate_loss's mean).
+
+    Examples are packed into rows of about `tokens_per_batch` tokens (no padding; each attends to itself
+    only, see train/attention.py), except for prompt tuning, whose soft prompt goes in front of a whole
+    row: there they are padded, as many per batch as fit the same number of tokens.
+    """
     was_training = model.training
     model.eval()
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
     sums, counts = [0.0] * len(examples), [0] * len(examples)
-    for start in range(0, len(order), micro_batch):
-        chosen = order[start:start + micro_batch]
-        batch = to_device(collate([examples[i] for i in chosen], pad_id), device)
-        logits, targets = answer_logits(model, batch)
-        rows = (batch["labels"][:, 1:] != IGNORE).nonzero()[:, 0]  # row-major, like answer_logits' mask
+    positions: dict[int, list[int]] = {}  # the same example object may be given twice
+    for i, e in enumerate(examples):
+        positions.setdefault(id(e), []).append(i)
+    packed = _soft_prompt(model, 1) is None
+    longest = max((len(e.input_ids) for e in examples), default=0)
+    if packed:
+        batches = pack(examples, max(tokens_per_batch, longest))
+    else:
+        ordered = sorted(examples, key=lambda e: len(e.input_ids))
+        per_batch = max(1, tokens_per_batch // max(longest, 1))
+        batches = [ordered[i:i + per_batch] for i in range(0, len(ordered), per_batch)]
+    for chosen in batches:
+        batch = to_device(collate_packed([chosen]) if packed else collate(chosen, pad_id), device)
+        with autocast():
+            logits, targets = answer_logits(model, batch)
         losses = F.cross_entropy(logits.float(), targets, reduction="none").double()
-        per_row = torch.zeros(len(chosen), dtype=torch.float64, device=losses.device).index_add_(0, rows, losses)
-        tokens = torch.bincount(rows, minlength=len(chosen))
-        for j, i in enumerate(chosen):
-            sums[i], counts[i] = float(per_row[j]), int(tokens[j])
+        where = (batch["labels"][:, 1:] != IGNORE).nonzero()  # row-major, like answer_logits' mask
+        if packed:  # the example each target belongs to, from where each example starts in the row
+            owner = torch.searchsorted(batch["cu_seq_lens_q"][1:].to(where.device, torch.long), where[:, 1] + 1, right=True)
+        else:
+            owner = where[:, 0]
+        per_example = torch.zeros(len(chosen), dtype=torch.float64, device=losses.device).index_add_(0, owner, losses)
+        tokens = torch.bincount(owner, minlength=len(chosen))
+        for j, e in enumerate(chosen):
+            for i in positions[id(e)]:
+                sums[i], counts[i] = float(per_example[j]), int(tokens[j])
     model.train(was_training)
     return sums, counts

@@ -1,0 +1,77 @@
+"""PNG plots of a run for the eval report and `runs compare` (matplotlib, no display needed)."""
+
+from pathlib import Path
+
+from tuneforge.runs.folder import read_metrics
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def loss_curves(runs: dict[str, Path], path: Path) -> Path | None:
+    """Train loss (lines) and val loss (dots) against step, one colour per run; None if nothing was logged."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    drawn = False
+    for i, (name, run_dir) in enumerate(runs.items()):
+        records = read_metrics(run_dir)
+        train = [(r["step"], r["loss"]) for r in records if "loss" in r]
+        val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
+        colour = f"C{i}"
+        if train:
+            ax.plot(*zip(*train), color=colour, alpha=0.8, label=f"{name} train")
+        if val:
+            ax.plot(*zip(*val), "o--", color=colour, label=f"{name} val")
+        drawn = drawn or bool(train or val)
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (answer tokens)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def metric_intervals(metrics: dict, models: list[str], names: list[str], labels: dict[str, str], path: Path) -> Path:
+    """One panel per metric: each model's value with its 95% interval as an error bar."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(names), figsize=(2.1 * len(names) + 0.6, 3.2), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        for i, model in enumerate(models):
+            score = metrics[model]["scores"][name]
+            low = score["low"] if score["low"] is not None else score["value"]
+            high = score["high"] if score["high"] is not None else score["value"]
+            ax.bar(i, score["value"], color=f"C{i}", alpha=0.75)
+            ax.errorbar(i, score["value"], yerr=[[score["value"] - low], [high - score["value"]]], color="black",
+                        capsize=4)
+        ax.set_xticks(range(len(models)), models, rotation=30, ha="right", fontsize=8)
+        ax.set_title(labels.get(name, name), fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def example_deltas(deltas: list[float], metric: str, path: Path) -> Path:
+    """Histogram of tuned minus base per example."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.hist(deltas, bins=min(30, max(5, len(deltas) // 2)), color="C2", alpha=0.8)
+    ax.axvline(0, color="black", linewidth=1)
+    ax.set_xlabel(f"{metric}: tuned minus base, per test example")
+    ax.set_ylabel("examples")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
