@@ -86,7 +86,9 @@ def test_per_example_losses_add_up_to_the_batched_mean(tiny_model, tiny_tokenize
     order given, must total exactly what evaluate_loss reports, whatever the batching."""
     loss_model = LossModel(load_model(tiny_model))
     rows = _rows(tiny_tokenizer, 7)
-    sums, counts = example_losses(loss_model.model, rows, 3, tiny_tokenizer.pad_token_id, "cpu")
+    sums, counts = example_losses(loss_model.model, rows, "cpu", tokens_per_batch=40)  # packed, several rows
+    one_row = example_losses(loss_model.model, rows, "cpu", tokens_per_batch=10_000)
+    assert sums == pytest.approx(one_row[0], rel=1e-5) and counts == one_row[1]
     assert counts == [r.loss_tokens for r in rows]
     whole = evaluate_loss(loss_model, rows, 4, tiny_tokenizer.pad_token_id, "cpu", contextlib.nullcontext)
     assert sum(sums) / sum(counts) == pytest.approx(whole.loss, rel=1e-6)

@@ -39,8 +39,10 @@ def text_task(folder: Path, name: str, texts: list[str]) -> Path:
 
 def run_lm_eval(model, tokenizer, tasks: list[str], include_path: str | Path | None = None,
                 batch_size: int = 1, max_length: int | None = None, limit: int | None = None,
-                device: str = "cpu") -> dict:
-    """lm-eval's results for `tasks` on an already-loaded model: {task: {metric: value}}."""
+                device: str = "cpu", autocast_dtype=None) -> dict:
+    """lm-eval's results for `tasks` on an already-loaded model: {task: {metric: value}}. A model whose
+    linear weights are stored in bf16 / fp16 (RunModels) needs `autocast_dtype`: lm-eval opens its own
+    autocast context around each forward."""
     try:
         from lm_eval import simple_evaluate
         from lm_eval.models.huggingface import HFLM
@@ -55,7 +57,8 @@ def run_lm_eval(model, tokenizer, tasks: list[str], include_path: str | Path | N
     if unknown:
         raise UserError(f"--lm-eval: unknown task(s) {', '.join(unknown)}. Name lm-eval tasks (lm-eval ls tasks) "
                         "or give a folder of task YAML files with --lm-eval-include.")
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length, device=device)
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length, device=device,
+               mixed_precision_dtype=autocast_dtype)
     out = simple_evaluate(model=lm, tasks=tasks, task_manager=manager, limit=limit, log_samples=False,
                           bootstrap_iters=0)
     return {task: {k.split(",")[0]: v for k, v in values.items() if k != "alias" and not k.endswith("_stderr,none")}

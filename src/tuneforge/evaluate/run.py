@@ -7,7 +7,6 @@ losses and a paired bootstrap p-value; forgetting; lm-eval results), eval/sample
 reference, every model's answer and per-example scores) and eval/report.{md,html} with plots.
 """
 
-import contextlib
 import json
 import random
 import time
@@ -26,6 +25,7 @@ from tuneforge.inference.generate import generate_batch
 from tuneforge.inference.run_models import RunModels
 from tuneforge.recipe import ADAPTER_METHODS, load_recipe
 from tuneforge.runs.folder import open_run
+from tuneforge.train.hardware import DTYPES
 from tuneforge.train.loss import example_losses
 
 # Tokens per packed row when scoring perplexity: enough to keep the matmuls at full speed.
@@ -102,9 +102,9 @@ def evaluate_run(run_dir: Path, max_samples: int | None = None, compare: list[Pa
         from tuneforge.evaluate.harness import run_lm_eval
 
         merged = models.tuned.merge_and_unload() if recipe.method in ADAPTER_METHODS else models.tuned
-        with models.autocast():
-            metrics["lm_eval"] = run_lm_eval(merged, models.tokenizer, lm_eval, lm_eval_include,
-                                             limit=lm_eval_limit, device=models.device)
+        metrics["lm_eval"] = run_lm_eval(merged, models.tokenizer, lm_eval, lm_eval_include, limit=lm_eval_limit,
+                                         device=models.device, autocast_dtype=DTYPES.get(models.precision)
+                                         if models.precision != "fp32" else None)
     metrics["seconds"] = round(time.perf_counter() - started, 1)
 
     out = run_dir / "eval"
