@@ -6,9 +6,10 @@
 
 Both score the same documents (the forgetting check's general text, 45 passages, ~10k tokens) with the
 same bundled model, in one process, configurations alternating, each after one untimed warm-up pass:
-  tuneforge        evaluate/perplexity.text_perplexity at the precision `auto` picks here (bf16 autocast
-                   on CPUs with bf16 instructions, else fp32): packed rows of ~2,048 tokens, one causal
-                   attention per document, LM head and cross-entropy chunked per row;
+  tuneforge        evaluate/perplexity.text_perplexity with the model held as `tuneforge eval` holds it, at
+                   the precision `auto` picks here (bf16 linear weights under autocast on CPUs with bf16
+                   instructions, else fp32): packed rows of ~2,048 tokens, one causal attention per
+                   document, no padding;
   tuneforge fp32   the same in fp32;
   lm-eval hf       lm_eval.models.huggingface.HFLM(model).loglikelihood_rolling (the call a
                    `loglikelihood_rolling` task such as wikitext makes), its defaults: batch size 1, the
@@ -45,6 +46,7 @@ def main() -> None:
 
     from tuneforge.evaluate.forgetting import load_general_text
     from tuneforge.evaluate.perplexity import count_words, text_perplexity
+    from tuneforge.inference.run_models import for_inference
     from tuneforge.models.loader import resolve_model
     from tuneforge.train import attention
     from tuneforge.train.hardware import DTYPES, choose_precision
@@ -54,7 +56,10 @@ def main() -> None:
     texts = load_general_text(None)[1][:args.docs]
     words = sum(count_words(t) for t in texts)
     precision = choose_precision("auto", "cpu")
-    ours = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation=attention.NAME).eval()
+    ours = {p: AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation=attention.NAME)
+            for p in {precision, "fp32"}}
+    for p, model in ours.items():  # as `tuneforge eval` holds its models (inference/run_models.py)
+        for_inference(model, p)
     theirs = {"lm-eval hf": HFLM(pretrained=str(folder), device="cpu", max_length=args.max_length),
               "lm-eval hf bf16": HFLM(pretrained=str(folder), device="cpu", dtype="bfloat16", max_length=args.max_length),
               f"lm-eval hf batch {args.lm_eval_batch}": HFLM(pretrained=str(folder), device="cpu",
@@ -63,7 +68,7 @@ def main() -> None:
 
     def run_ours(dtype: str):
         autocast = (lambda: torch.autocast("cpu", DTYPES[dtype])) if dtype != "fp32" else contextlib.nullcontext
-        result = text_perplexity(ours, tokenizer, texts, "cpu", args.max_length, autocast=autocast)
+        result = text_perplexity(ours[dtype], tokenizer, texts, "cpu", args.max_length, autocast=autocast)
         return sum(result["documents"]["loglikelihood"]), sum(result["documents"]["tokens"])
 
     def run_theirs(name: str):

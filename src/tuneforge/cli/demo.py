@@ -33,6 +33,10 @@ def run_demo(runs_dir: Path, overrides: list[str]) -> None:
     print("\n" + "=" * 100)
     print(f"tuneforge demo: {recipe.model.name}, {recipe.method}, pydocs -> {run_dir}\n")
     print(format_comparison(metrics))
+    forgot = metrics["forgetting"]
+    print(f"general text (forgetting check): perplexity {forgot['base']:.2f} -> {forgot['tuned']:.2f} "
+          f"({forgot['change']:+.1%}, " + ("FLAGGED" if forgot["flagged"] else "not flagged") + ")")
+    print(f"report: {run_dir / 'eval' / 'report.html'}")
     print("\nTwo test answers (the first two generated, not picked):\n")
     for sample in samples[:2]:
         print(format_side_by_side(sample) + "\n")

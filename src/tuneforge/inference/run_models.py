@@ -51,9 +51,15 @@ class RunModels:
         return load_model(folder, torch.float32, self.device, attn_implementation=attention.NAME)
 
     def _for_inference(self, model) -> None:
-        model.eval().requires_grad_(False)
-        if self.precision != "fp32":
-            half_frozen_linears(model, DTYPES[self.precision])
+        for_inference(model, self.precision)
+
+
+def for_inference(model, precision: str) -> None:
+    """Eval mode, no gradients, and with bf16 / fp16 the linear weights stored in that dtype (run every
+    forward under autocast): inference then reads half the weight bytes and never casts them."""
+    model.eval().requires_grad_(False)
+    if precision != "fp32":
+        half_frozen_linears(model, DTYPES[precision])
 
     @contextlib.contextmanager
     def base(self):
