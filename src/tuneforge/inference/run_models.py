@@ -53,14 +53,6 @@ class RunModels:
     def _for_inference(self, model) -> None:
         for_inference(model, self.precision)
 
-
-def for_inference(model, precision: str) -> None:
-    """Eval mode, no gradients, and with bf16 / fp16 the linear weights stored in that dtype (run every
-    forward under autocast): inference then reads half the weight bytes and never casts them."""
-    model.eval().requires_grad_(False)
-    if precision != "fp32":
-        half_frozen_linears(model, DTYPES[precision])
-
     @contextlib.contextmanager
     def base(self):
         if self.recipe.method in ADAPTER_METHODS:
@@ -71,3 +63,11 @@ def for_inference(model, precision: str) -> None:
             self._for_inference(base)
             yield base
             del base
+
+
+def for_inference(model, precision: str) -> None:
+    """Eval mode, no gradients, and with bf16 / fp16 the linear weights stored in that dtype (run every
+    forward under autocast): inference then reads half the weight bytes and never casts them."""
+    model.eval().requires_grad_(False)
+    if precision != "fp32":
+        half_frozen_linears(model, DTYPES[precision])
