@@ -8,7 +8,8 @@ import pytest
 
 from conftest import arithmetic_rows, write_jsonl
 
-COMMANDS = ["models", "train", "plan", "eval", "generate", "chat", "demo"]
+COMMANDS = ["models", "train", "plan", "eval", "eval run", "eval export-pairs", "eval import-ratings", "eval judge",
+            "runs", "runs ls", "runs compare", "generate", "chat", "demo"]
 
 
 def tuneforge(*args, cwd, env_extra=None):
@@ -19,7 +20,7 @@ def tuneforge(*args, cwd, env_extra=None):
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_has_help_with_an_example(command, tmp_path):
-    out = tuneforge(command, "--help", cwd=tmp_path)
+    out = tuneforge(*command.split(), "--help", cwd=tmp_path)
     assert out.returncode == 0 and "example:" in out.stdout and f"tuneforge {command}" in out.stdout
 
 

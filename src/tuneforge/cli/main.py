@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "ratings; ask an LLM judge. `tuneforge eval RUN` is short for `tuneforge eval run RUN`.")
     ev_sub = ev.add_subparsers(dest="eval_command", metavar="SUBCOMMAND", required=True)
     p = command("eval run", "Tuned vs base (and --compare runs) on the test split: perplexity, ROUGE, BLEU, chrF, "
-                            "exact match, token F1, repetition, distinct-n with 95% intervals, paired tests, the "
+                            "exact match, token F1, repetition, distinct-n with 95%% intervals, paired tests, the "
                             "forgetting check; writes eval/metrics.json, samples.jsonl, report.html and report.md.",
                 ev_sub)
     p.add_argument("run", help="run folder, for instance runs/pydocs-lora")
