@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from tuneforge.errors import UserError
-from tuneforge.evaluate.pairs import read_samples, tally
+from tuneforge.evaluate.pairs import read_samples, save_and_report, tally
 from tuneforge.runs.folder import open_run
 
 RUBRIC = ("You are a strict grader. Decide which answer answers the question better: correct, complete, "
@@ -58,11 +58,7 @@ def judge_run(run_dir: Path, judge: str, rubric_file: Path | None = None, judge_
               "note": f"{n} pairs judged by {judge_model or judge} in both orders (a model wins only when both orders "
                       f"pick it); the judge picked position A in {position_a:.0%} of its {len(verdicts)} verdicts.",
               "verdicts": records}
-    (run_dir / "eval" / "judge.json").write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
-    from tuneforge.evaluate.report import write_report
-
-    write_report(run_dir)
-    return result
+    return save_and_report(run_dir, "judge.json", result)
 
 
 def _local(name: str):

@@ -89,9 +89,14 @@ def import_ratings(run_dir: Path, file: Path) -> dict:
               "note": f"{len(verdicts)} of {len(key['pairs'])} pairs rated by people, blind (models hidden, "
                       f"order randomised); from {file.name}.",
               "ratings": verdicts}
-    (run_dir / "eval" / "ratings.json").write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
+    return save_and_report(run_dir, "ratings.json", result)
+
+
+def save_and_report(run_dir: Path, name: str, result: dict) -> dict:
+    """Write eval/<name> and rebuild the report, which picks it up."""
     from tuneforge.evaluate.report import write_report
 
+    (run_dir / "eval" / name).write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
     write_report(run_dir)
     return result
 
