@@ -21,7 +21,6 @@ the speed ratio against `lm-eval hf`. Writes benchmarks/results/eval_speed.{json
 """
 
 import argparse
-import contextlib
 import json
 import statistics
 import time
@@ -49,7 +48,7 @@ def main() -> None:
     from tuneforge.inference.run_models import for_inference
     from tuneforge.models.loader import resolve_model
     from tuneforge.train import attention
-    from tuneforge.train.hardware import DTYPES, choose_precision
+    from tuneforge.train.hardware import autocast, choose_precision
 
     folder = resolve_model("smollm2-135m-instruct")
     tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -67,8 +66,8 @@ def main() -> None:
     requests = [Instance("loglikelihood_rolling", {}, (t,), i) for i, t in enumerate(texts)]
 
     def run_ours(dtype: str):
-        autocast = (lambda: torch.autocast("cpu", DTYPES[dtype])) if dtype != "fp32" else contextlib.nullcontext
-        result = text_perplexity(ours[dtype], tokenizer, texts, "cpu", args.max_length, autocast=autocast)
+        result = text_perplexity(ours[dtype], tokenizer, texts, "cpu", args.max_length,
+                                 autocast=lambda: autocast("cpu", dtype))
         return sum(result["documents"]["loglikelihood"]), sum(result["documents"]["tokens"])
 
     def run_theirs(name: str):

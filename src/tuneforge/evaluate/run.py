@@ -103,8 +103,8 @@ def evaluate_run(run_dir: Path, max_samples: int | None = None, compare: list[Pa
 
         merged = models.tuned.merge_and_unload() if recipe.method in ADAPTER_METHODS else models.tuned
         metrics["lm_eval"] = run_lm_eval(merged, models.tokenizer, lm_eval, lm_eval_include, limit=lm_eval_limit,
-                                         device=models.device, autocast_dtype=DTYPES.get(models.precision)
-                                         if models.precision != "fp32" else None)
+                                         device=models.device, autocast_dtype=None if models.precision == "fp32"
+                                         else DTYPES[models.precision])
     metrics["seconds"] = round(time.perf_counter() - started, 1)
 
     out = run_dir / "eval"

@@ -10,7 +10,7 @@ from tuneforge.models.loader import load_model, load_tokenizer, resolve_model
 from tuneforge.recipe import ADAPTER_METHODS, Recipe, load_recipe
 from tuneforge.runs.folder import open_run
 from tuneforge.train import attention
-from tuneforge.train.hardware import DTYPES, choose_precision, detect_device
+from tuneforge.train.hardware import DTYPES, autocast, choose_precision, detect_device
 from tuneforge.train.methods import half_frozen_linears
 
 
@@ -40,18 +40,13 @@ class RunModels:
             self.tuned = PeftModel.from_pretrained(self._load(self._base_dir), model_dir)
         else:
             self.tuned = self._load(model_dir)
-        self._for_inference(self.tuned)
+        for_inference(self.tuned, self.precision)
 
     def autocast(self):
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        return torch.autocast(self.device, DTYPES[self.precision])
+        return autocast(self.device, self.precision)
 
     def _load(self, folder: Path):
         return load_model(folder, torch.float32, self.device, attn_implementation=attention.NAME)
-
-    def _for_inference(self, model) -> None:
-        for_inference(model, self.precision)
 
     @contextlib.contextmanager
     def base(self):
@@ -60,7 +55,7 @@ class RunModels:
                 yield self.tuned
         else:
             base = self._load(self._base_dir)
-            self._for_inference(base)
+            for_inference(base, self.precision)
             yield base
             del base
 

@@ -1,6 +1,7 @@
 """Device and precision from the hardware: fp32 on CPUs without bf16 instructions (bf16 is 2-3x
 slower there), bf16 on GPUs and CPUs that have it."""
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -30,3 +31,10 @@ def choose_precision(setting: str, device: str) -> str:
     if setting == "fp16" and device != "cuda":
         raise UserError("train.precision: fp16 needs a GPU; on this CPU use fp32 (or auto).")
     return setting
+
+
+def autocast(device: str, precision: str):
+    """The autocast context of a precision on a device ("cuda:1" counts as cuda); none for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.split(":")[0], dtype=DTYPES[precision])

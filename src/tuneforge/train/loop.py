@@ -14,7 +14,7 @@ from tuneforge.data.tokenize import Encoded
 from tuneforge.recipe import Recipe
 from tuneforge.train.checkpoint import LoopState, positions, save_checkpoint
 from tuneforge.train.distributed import Dist, full_state, load_full_state, share_batches
-from tuneforge.train.hardware import DTYPES
+from tuneforge.train.hardware import autocast
 from tuneforge.train.loss import LossModel, evaluate_loss
 from tuneforge.train.methods import Unfreezer
 from tuneforge.train.plan import TrainPlan
@@ -39,9 +39,7 @@ class Trainee:
     unfreezer: Unfreezer | None = None
 
     def autocast(self):
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.split(":")[0], dtype=DTYPES[self.precision])
+        return autocast(self.device, self.precision)
 
 
 def fit(t: Trainee, train: list[Encoded], val: list[Encoded], recipe: Recipe, plan: TrainPlan,
