@@ -44,14 +44,14 @@ def build_tiny_model(folder: Path, layers: int = 2) -> Path:
 
 @pytest.fixture(scope="session", autouse=True)
 def tuneforge_home(tmp_path_factory) -> Path:
-    """Tests keep prepared data out of the user's cache; the converted bundled model is shared (it
-    takes ~20 s to convert and never changes)."""
+    """Tests keep prepared data out of the user's cache; the converted bundled model (~20 s to convert)
+    and llama.cpp's converter (a 77 MB download) are shared: they never change."""
     from tuneforge.home import tuneforge_home as real_home
 
-    models = real_home() / "models"
     home = tmp_path_factory.mktemp("tuneforge-home")
-    models.mkdir(parents=True, exist_ok=True)
-    (home / "models").symlink_to(models)
+    for shared in ("models", "llama.cpp"):  # the converted bundled model; llama.cpp's GGUF converter (fetched once)
+        (real_home() / shared).mkdir(parents=True, exist_ok=True)
+        (home / shared).symlink_to(real_home() / shared)
     os.environ["TUNEFORGE_HOME"] = str(home)
     return home
 

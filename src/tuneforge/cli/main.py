@@ -33,6 +33,15 @@ EXAMPLES = {
     "generate": "tuneforge generate runs/pydocs-lora --prompt 'What does `json.dumps` do?'",
     "chat": "tuneforge chat runs/pydocs-lora",
     "demo": "tuneforge demo",
+    "export": "tuneforge export runs/pydocs-lora --format hf\n"
+              "  tuneforge export runs/pydocs-lora --format adapter --out exports/pydocs-adapter\n"
+              "  tuneforge export runs/pydocs-lora --format gguf --quant q8_0",
+    "serve": "tuneforge serve runs/pydocs-lora\n"
+             "  tuneforge serve runs/pydocs-lora runs/pydocs-dora --port 8080 --api-key s3cret\n"
+             "  curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\\n"
+             "    -d '{\"model\": \"pydocs-lora\", \"messages\": [{\"role\": \"user\", \"content\": \"What does `json.dumps` do?\"}]}'",
+    "feedback": "tuneforge feedback export --db runs/requests.sqlite --out data/feedback",
+    "feedback export": "tuneforge feedback export --db runs/requests.sqlite --out data/feedback",
     "data": "tuneforge data prepare recipes/own-data.yaml\n  tuneforge data preview recipes/own-data.yaml -n 3",
     "data prepare": "tuneforge data prepare recipes/own-data.yaml --out prepared/own-data\n"
                     "  tuneforge data prepare --data tickets.csv chats.jsonl --out prepared/tickets",
@@ -142,6 +151,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run folder")
     p.add_argument("--max-new-tokens", type=int, default=300)
 
+    p = command("export", "Export a run's model: hf (adapter merged into the base; transformers, vLLM), adapter "
+                          "(PEFT), gguf (llama.cpp, Ollama); each with a model card.")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--format", required=True, choices=["hf", "adapter", "gguf"], help="what to write")
+    p.add_argument("--quant", default="f16", choices=["f16", "bf16", "f32", "q8_0"],
+                   help="GGUF tensor type (default f16)")
+    p.add_argument("--out", help="folder to write (default: exports/<run>-<format>)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing export at --out")
+
+    p = command("serve", "Serve runs behind an OpenAI-compatible API (/v1/chat/completions, /v1/completions, "
+                         "/v1/models, streaming) with a web playground at /, a SQLite request log and feedback.")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders; runs on one base model share its weights")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", help="require `Authorization: Bearer KEY` (default: $TUNEFORGE_API_KEY; none)")
+    p.add_argument("--db", help="SQLite request and feedback log (default: requests.sqlite next to the first run)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--max-tokens-limit", type=int, default=2048, help="most tokens a request may ask to generate")
+    p.add_argument("--max-batch", type=int, default=16, help="most sequences decoded together (default 16)")
+
+    fb = command("feedback", "Turn feedback collected by `tuneforge serve` into training data.")
+    fb_sub = fb.add_subparsers(dest="feedback_command", metavar="SUBCOMMAND", required=True)
+    p = command("feedback export", "Write corrections as SFT rows (sft.jsonl) and rated answers as preference "
+                                   "pairs (preference.jsonl), in formats `tuneforge train` reads.", fb_sub)
+    p.add_argument("--db", required=True, help="the server's SQLite log (requests.sqlite)")
+    p.add_argument("--out", required=True, help="folder to write sft.jsonl and preference.jsonl into")
+    p.add_argument("--overwrite", action="store_true", help="replace existing files in --out")
+
     p = command("demo", "Fine-tune the bundled model on the pydocs data set, evaluate it, print base vs tuned.")
     p.add_argument("--runs-dir", default="runs")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -228,6 +265,23 @@ def _run(args) -> int | None:
         from tuneforge.inference.chat import interactive_chat
 
         interactive_chat(Path(args.run), args.max_new_tokens)
+    elif args.command == "export":
+        from tuneforge.deploy.export import export_run
+
+        out = export_run(Path(args.run), args.format, Path(args.out) if args.out else None, args.quant, args.overwrite)
+        print(f"Wrote {out} ({args.format}); its README.md is the model card.")
+    elif args.command == "serve":
+        from tuneforge.serve.app import Limits
+        from tuneforge.serve.server import serve
+
+        if args.max_tokens_limit < 1 or args.max_batch < 1:
+            raise UserError("--max-tokens-limit and --max-batch must be 1 or more.")
+        serve([Path(r) for r in args.runs], args.host, args.port, Path(args.db) if args.db else None, args.api_key,
+              args.precision, Limits(max_tokens=args.max_tokens_limit), args.max_batch)
+    elif args.command == "feedback":
+        from tuneforge.serve.feedback import export_feedback
+
+        print(export_feedback(Path(args.db), Path(args.out), args.overwrite))
     elif args.command == "demo":
         from tuneforge.cli.demo import run_demo
 

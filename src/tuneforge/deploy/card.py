@@ -1,0 +1,105 @@
+"""The model card (README.md) every export carries: what the model is, how to load it, the recipe,
+the data it saw and how it scored."""
+
+import json
+from pathlib import Path
+
+from tuneforge.models.catalog import CATALOG
+from tuneforge.recipe import Recipe
+from tuneforge.runs.table import run_summary
+
+USAGE = {
+    "hf": """```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+tokenizer = AutoTokenizer.from_pretrained("{path}")
+model = AutoModelForCausalLM.from_pretrained("{path}")
+messages = [{{"role": "user", "content": "What does `json.dumps` do?"}}]
+inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+print(tokenizer.decode(model.generate(**inputs, max_new_tokens=100)[0, inputs["input_ids"].shape[1]:]))
+```""",
+    "adapter": """```python
+from peft import AutoPeftModelForCausalLM
+from transformers import AutoTokenizer
+
+model = AutoPeftModelForCausalLM.from_pretrained("{path}")  # fetches the base model {base}
+tokenizer = AutoTokenizer.from_pretrained("{path}")
+```
+
+vLLM serves it as a LoRA module: `vllm serve {base} --enable-lora --lora-modules tuned={path}`.""",
+    "gguf": """```
+llama-cli -m {path}/{gguf} -cnv
+ollama create tuned -f {path}/Modelfile && ollama run tuned
+```""",
+}
+
+
+def model_card(run_dir: Path, recipe: Recipe, fmt: str, out: Path, extra: dict | None = None) -> str:
+    summary = run_summary(run_dir)
+    entry = CATALOG.get(recipe.model.name)
+    base = entry.hub_id if entry else recipe.model.name
+    licence = entry.licence if entry else "unknown"
+    tags = ["tuneforge", recipe.method] + (["gguf"] if fmt == "gguf" else [])
+    lines = ["---", f"base_model: {base}", f"license: {licence.lower()}",
+             f"library_name: {'peft' if fmt == 'adapter' else 'transformers' if fmt == 'hf' else 'gguf'}",
+             "tags:", *(f"- {t}" for t in tags), "---", "",
+             f"# {run_dir.name}", "",
+             f"{base} fine-tuned with tuneforge ({recipe.method}, {summary['steps']} steps) on "
+             f"{_data_line(run_dir)}. Exported as `{fmt}` from the run folder `{run_dir}`.", "",
+             "## Use", "", USAGE[fmt].format(path=out, base=base, **(extra or {})), ""]
+    lines += _metrics_section(run_dir, summary)
+    lines += ["## Data", "", *_manifest_lines(run_dir), "",
+              "## Recipe", "", "```yaml", (run_dir / "recipe.yaml").read_text().rstrip(), "```", ""]
+    return "\n".join(lines)
+
+
+def _data_line(run_dir: Path) -> str:
+    manifest = _manifest(run_dir)
+    if not manifest:
+        return "its recipe's data"
+    counts = manifest.get("counts", {})
+    return f"{counts.get('train', '?')} training examples ({manifest.get('tokens', {}).get('train', '?')} tokens)"
+
+
+def _manifest(run_dir: Path) -> dict:
+    path = run_dir / "data" / "manifest.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _manifest_lines(run_dir: Path) -> list[str]:
+    manifest = _manifest(run_dir)
+    if not manifest:
+        return ["(the run folder has no data manifest)"]
+    source = manifest.get("source", {})
+    lines = [f"- source: `{json.dumps(source, sort_keys=True)}`"]
+    for key in ("counts", "tokens", "loss_tokens"):
+        if key in manifest:
+            lines.append(f"- {key.replace('_', ' ')}: " + ", ".join(f"{k} {v}" for k, v in manifest[key].items()))
+    if "split" in manifest:
+        lines.append(f"- split: `{json.dumps(manifest['split'], sort_keys=True)}`")
+    return lines
+
+
+def _metrics_section(run_dir: Path, summary: dict) -> list[str]:
+    lines = ["## Evaluation", ""]
+    if summary["best_val_loss"] is not None:
+        lines.append(f"Best validation loss {summary['best_val_loss']:.4f}.")
+    path = run_dir / "eval" / "metrics.json"
+    if not path.is_file():
+        return lines + ["Not evaluated yet (`tuneforge eval RUN` adds test-split metrics).", ""]
+    metrics = json.loads(path.read_text())
+    base, tuned = metrics.get("base", {}), metrics.get("tuned", {})
+    rows = [(name, key) for name, key in (("perplexity (test)", "perplexity"), ("ROUGE-L", "rouge_l"),
+                                          ("BLEU", "bleu"), ("chrF", "chrf")) if key in tuned]
+    lines += ["", "| metric | base | tuned |", "|---|---|---|",
+              *(f"| {name} | {_num(base.get(key))} | {_num(tuned.get(key))} |" for name, key in rows)]
+    forgetting = metrics.get("forgetting")
+    if forgetting:
+        lines += ["", f"General-text perplexity (forgetting check): {forgetting['base']:.2f} -> "
+                      f"{forgetting['tuned']:.2f} ({forgetting['change']:+.1%}"
+                      f"{', flagged' if forgetting.get('flagged') else ''})."]
+    return lines + [""]
+
+
+def _num(value) -> str:
+    return "-" if value is None else f"{value:.2f}"

@@ -1,0 +1,106 @@
+"""`tuneforge export RUN --format hf | adapter | gguf`: a run's model in the form other tools load.
+
+hf: the adapter merged into the base (transformers, vLLM, TGI); adapter: the PEFT adapter alone (PEFT,
+vLLM --lora-modules); gguf: one llama.cpp file (llama.cpp, Ollama, LM Studio). Each export is a folder
+with a model card; it is written next to its final place and renamed, so an interrupted export leaves
+nothing behind and an existing path is never replaced unless --overwrite says so.
+"""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from tuneforge.deploy import gguf
+from tuneforge.deploy.card import model_card
+from tuneforge.errors import UserError
+from tuneforge.models.catalog import CATALOG
+from tuneforge.recipe import ADAPTER_METHODS, load_recipe
+from tuneforge.runs.folder import open_run
+
+FORMATS = ("hf", "adapter", "gguf")
+
+
+def default_out(run_dir: Path, fmt: str, quant: str) -> Path:
+    return Path("exports") / (f"{run_dir.name}-{fmt}" + (f"-{quant}" if fmt == "gguf" else ""))
+
+
+def export_run(run_dir: Path, fmt: str, out: Path | None = None, quant: str = "f16", overwrite: bool = False) -> Path:
+    run_dir = open_run(run_dir)
+    recipe = load_recipe(run_dir / "recipe.yaml")
+    model_dir = run_dir / "model"
+    if not model_dir.is_dir():
+        raise UserError(f"{run_dir}: has no model/ (training did not finish); nothing to export. "
+                        f"Continue it with: tuneforge train --resume {run_dir}")
+    if fmt not in FORMATS:
+        raise UserError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}.")
+    if quant not in gguf.QUANTS:
+        raise UserError(f"--quant: {quant!r} is not one of {', '.join(gguf.QUANTS)}.")
+    adapter = recipe.method in ADAPTER_METHODS
+    if fmt == "adapter" and not adapter:
+        raise UserError(f"{run_dir}: a {recipe.method} run changed the model's own weights, so it has no adapter; "
+                        "export it with --format hf or --format gguf.")
+    if fmt != "adapter" and recipe.method == "prompt_tuning":
+        raise UserError(f"{run_dir}: a prompt-tuning run's soft prompt cannot be merged into the weights; "
+                        "export it with --format adapter (PEFT loads it).")
+    out = out or default_out(run_dir, fmt, quant)
+    if out.exists() and not overwrite:
+        raise UserError(f"{out}: already exists; nothing was written. Choose another --out or pass --overwrite.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        extra = _write(run_dir, recipe, fmt, quant, tmp, adapter)
+        (tmp / "README.md").write_text(model_card(run_dir, recipe, fmt, out, extra))
+        if out.exists():
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _write(run_dir: Path, recipe, fmt: str, quant: str, folder: Path, adapter: bool) -> dict:
+    model_dir = run_dir / "model"
+    if fmt == "adapter":
+        shutil.copytree(model_dir, folder)
+        _point_adapter_at_hub(folder, recipe.model.name)
+        return {}
+    if fmt == "hf":
+        _merged(model_dir, recipe, folder, adapter)
+        return {}
+    folder.mkdir()
+    name = f"{run_dir.name}-{quant}.gguf"
+    hf_dir = folder / "hf"
+    _merged(model_dir, recipe, hf_dir, adapter)
+    gguf.convert(hf_dir, folder / name, quant)
+    shutil.rmtree(hf_dir)
+    (folder / "Modelfile").write_text(f"FROM ./{name}\n")  # Ollama reads the chat template from the GGUF
+    return {"gguf": name}
+
+
+def _merged(model_dir: Path, recipe, folder: Path, adapter: bool) -> None:
+    """A plain transformers folder: the adapter merged into an fp32 base, or the full run's weights."""
+    from tuneforge.models.loader import load_model, load_tokenizer, resolve_model
+
+    if not adapter:
+        shutil.copytree(model_dir, folder)
+        return
+    from peft import PeftModel
+
+    print("Merging the adapter into the base model ...", flush=True)
+    merged = PeftModel.from_pretrained(load_model(resolve_model(recipe.model.name)), model_dir).merge_and_unload()
+    merged.save_pretrained(folder)
+    load_tokenizer(model_dir).save_pretrained(folder)
+
+
+def _point_adapter_at_hub(folder: Path, model_name: str) -> None:
+    """The run's adapter names the base by its local cache path; an exported one names the hub id, so
+    PEFT and vLLM elsewhere can fetch the base."""
+    entry = CATALOG.get(model_name)
+    if entry is None:
+        return
+    path = folder / "adapter_config.json"
+    config = json.loads(path.read_text())
+    config["base_model_name_or_path"] = entry.hub_id
+    path.write_text(json.dumps(config, indent=2) + "\n")
