@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from conftest import arithmetic_rows, write_jsonl
+from conftest import arithmetic_rows, headless_chromium, needs_chromium, write_jsonl
 from tuneforge.cli.main import main
 from tuneforge.errors import UserError
 from tuneforge.evaluate.harness import text_task
@@ -20,8 +20,6 @@ from tuneforge.evaluate.run import evaluate_run
 from tuneforge.recipe import validate_recipe
 from tuneforge.runs.table import compare_runs, list_runs
 from tuneforge.train.run import train
-
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
 
 @pytest.fixture(scope="module")
@@ -71,19 +69,10 @@ def test_report_has_every_section_and_its_plots(evaluated):
     assert html.count("data:image/png;base64,") == 3 and "src='plots/" not in html  # self-contained
 
 
-@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="needs Debian's chromium and chromium-driver "
-                                                            "(.ci/run installs them)")
+@needs_chromium
 def test_report_renders_in_headless_chromium(evaluated, tmp_path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
     lora, _, _ = evaluated
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    driver = headless_chromium(tmp_path / "profile")
     try:
         driver.get((lora / "eval" / "report.html").resolve().as_uri())
         images = driver.execute_script(

@@ -17,7 +17,7 @@ import pytest
 import torch
 from openai import OpenAI
 
-from conftest import arithmetic_rows, write_jsonl
+from conftest import arithmetic_rows, headless_chromium, needs_chromium, write_jsonl
 from tuneforge.cli.main import main
 from tuneforge.inference.run_models import RunModels
 from tuneforge.inference.session import ChatSession
@@ -301,3 +301,56 @@ def test_serve_refuses_folders_that_are_not_servable(runs, tmp_path, capsys):
     (unfinished / "recipe.yaml").write_text((runs["lora-a"] / "recipe.yaml").read_text())
     assert main(["serve", str(unfinished)]) == 2
     assert "has no model/" in capsys.readouterr().err
+
+
+@needs_chromium
+def test_playground_chat_side_by_side_feedback_and_log_in_chromium(server, runs, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    driver = headless_chromium(tmp_path / "profile")
+    wait = WebDriverWait(driver, 60)
+    db = sqlite3.connect(runs["tmp"] / "requests.sqlite")
+    try:
+        driver.get(server.url + "/")
+        wait.until(lambda d: len(Select(d.find_element(By.ID, "model-a")).options) == 4)
+        Select(driver.find_element(By.ID, "model-a")).select_by_value("lora-a")
+        driver.find_element(By.ID, "prompt").send_keys(QUESTIONS[2])
+        driver.find_element(By.ID, "send").click()
+        answer = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#transcript-a .msg.assistant[data-done='1']"))
+        expected = ask(server.client, "lora-a", QUESTIONS[2], max_tokens=64)  # the page's default, capped by the server
+        assert answer.find_element(By.CLASS_NAME, "body").text.strip() == expected.strip()  # streamed, greedy
+        answer.find_element(By.CLASS_NAME, "thumb-up").click()
+        wait.until(lambda d: answer.get_attribute("data-feedback") == "up")
+        first_id = answer.get_attribute("data-id")
+        assert db.execute("SELECT rating FROM feedback WHERE request_id = ?", (first_id,)).fetchone() == ("up",)
+
+        # two models side by side on one prompt, and a correction
+        driver.find_element(By.ID, "mode-side").click()
+        Select(driver.find_element(By.ID, "model-a")).select_by_value("lora-b")
+        Select(driver.find_element(By.ID, "model-b")).select_by_value("full")
+        driver.find_element(By.ID, "prompt").send_keys(QUESTIONS[0])
+        driver.find_element(By.ID, "send").click()
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".msg.assistant[data-done='1']")) == 2)
+        left, right = (driver.find_element(By.CSS_SELECTOR, f"#transcript-{s} .msg.assistant") for s in "ab")
+        assert (left.get_attribute("data-model"), right.get_attribute("data-model")) == ("lora-b", "full")
+        right.find_element(By.CLASS_NAME, "correct").click()
+        box = right.find_element(By.CSS_SELECTOR, ".correction textarea")
+        box.clear()
+        box.send_keys("The sum of two numbers.")
+        right.find_element(By.CLASS_NAME, "save-correction").click()
+        wait.until(lambda d: right.get_attribute("data-feedback") == "corrected")
+        assert db.execute("SELECT correction FROM feedback WHERE request_id = ?",
+                          (right.get_attribute("data-id"),)).fetchone() == ("The sum of two numbers.",)
+
+        # the request log shows these requests with their latency
+        wanted = {first_id, left.get_attribute("data-id"), right.get_attribute("data-id")}
+        driver.find_element(By.ID, "refresh-log").click()
+        read_log = "return [...document.querySelectorAll('#log tbody tr')].map(r => [r.dataset.id, " \
+                   "r.querySelector('.latency').textContent])"
+        rows = wait.until(lambda d: (rows := d.execute_script(read_log)) and wanted <= {r[0] for r in rows} and rows)
+        assert all(latency.endswith(" ms") for row_id, latency in rows if row_id in wanted)
+        driver.save_screenshot(str(tmp_path / "playground.png"))
+    finally:
+        driver.quit()
+    assert (tmp_path / "playground.png").stat().st_size > 20_000

@@ -54,11 +54,8 @@ def model_card(run_dir: Path, recipe: Recipe, fmt: str, out: Path, extra: dict |
 
 
 def _data_line(run_dir: Path) -> str:
-    manifest = _manifest(run_dir)
-    if not manifest:
-        return "its recipe's data"
-    counts = manifest.get("counts", {})
-    return f"{counts.get('train', '?')} training examples ({manifest.get('tokens', {}).get('train', '?')} tokens)"
+    train = _manifest(run_dir).get("tokens", {}).get("train")
+    return f"{train['rows']} training examples ({train['tokens']} tokens)" if train else "its recipe's data"
 
 
 def _manifest(run_dir: Path) -> dict:
@@ -67,16 +64,20 @@ def _manifest(run_dir: Path) -> dict:
 
 
 def _manifest_lines(run_dir: Path) -> list[str]:
+    """Sources with their hashes, examples and tokens per split, what cleaning removed (data/manifest.json)."""
     manifest = _manifest(run_dir)
     if not manifest:
         return ["(the run folder has no data manifest)"]
-    source = manifest.get("source", {})
-    lines = [f"- source: `{json.dumps(source, sort_keys=True)}`"]
-    for key in ("counts", "tokens", "loss_tokens"):
-        if key in manifest:
-            lines.append(f"- {key.replace('_', ' ')}: " + ", ".join(f"{k} {v}" for k, v in manifest[key].items()))
-    if "split" in manifest:
-        lines.append(f"- split: `{json.dumps(manifest['split'], sort_keys=True)}`")
+    lines = [f"- source: {s.get('kind', '?')} {s.get('path', '')} (sha256 {str(s.get('sha256', '?'))[:16]})".rstrip()
+             for s in manifest.get("sources", [])]
+    lines += [f"- {split}: {t['rows']} examples, {t['tokens']} tokens" for split, t in manifest.get("tokens", {}).items()
+              if isinstance(t, dict)]
+    counts = manifest.get("counts", {})
+    removed = {k: counts[k] for k in ("invalid", "exact_duplicates", "near_duplicates", "too_long") if counts.get(k)}
+    if removed:
+        lines.append("- removed: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in removed.items()))
+    if manifest.get("files"):
+        lines.append("- split files (sha256): " + ", ".join(f"{k} {v[:12]}" for k, v in manifest["files"].items()))
     return lines
 
 

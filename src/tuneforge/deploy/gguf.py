@@ -2,21 +2,17 @@
 
 llama.cpp is not on PyPI as Python code, but the llama-cpp-python source package carries it: its
 `vendor/llama.cpp/` holds the converter with the `gguf-py` and `conversion/` folders it imports.
-We fetch that sdist once from PyPI (2 MB of it is kept) instead of building llama-cpp-python, which
+We download that sdist once with pip (2 MB of it is kept) instead of building llama-cpp-python, which
 would compile llama.cpp for minutes and is not needed to convert.
 """
 
-import hashlib
 import json
 import os
 import subprocess
 import sys
 import tarfile
 import tempfile
-import urllib.request
 from pathlib import Path
-
-from tqdm import tqdm
 
 from tuneforge.errors import UserError
 from tuneforge.home import tuneforge_home
@@ -28,7 +24,7 @@ _KEEP = ("convert_hf_to_gguf.py", "gguf-py/", "conversion/", "LICENSE")
 
 def converter_dir() -> Path:
     """A folder with llama.cpp's convert_hf_to_gguf.py: $TUNEFORGE_LLAMA_CPP (a llama.cpp checkout) or
-    the converter taken from the pinned llama-cpp-python sdist, fetched into the tuneforge home once."""
+    the converter taken from the pinned llama-cpp-python sdist, downloaded into the tuneforge home once."""
     own = os.environ.get("TUNEFORGE_LLAMA_CPP")
     if own:
         if not (Path(own) / "convert_hf_to_gguf.py").is_file():
@@ -41,32 +37,22 @@ def converter_dir() -> Path:
 
 
 def _fetch(target: Path) -> None:
-    index = f"https://pypi.org/pypi/llama-cpp-python/{LLAMA_CPP_PYTHON}/json"
-    try:
-        with urllib.request.urlopen(index, timeout=30) as r:
-            sdist = next(u for u in json.load(r)["urls"] if u["packagetype"] == "sdist")
-    except (OSError, StopIteration, KeyError, ValueError) as e:
-        raise UserError(f"GGUF export needs llama.cpp's converter, taken from the llama-cpp-python {LLAMA_CPP_PYTHON} "
-                        f"source package on PyPI, which could not be reached ({e}). Where you have network: "
-                        f"pip download --no-deps --no-binary :all: llama-cpp-python=={LLAMA_CPP_PYTHON}, unpack it "
-                        "and set TUNEFORGE_LLAMA_CPP=<unpacked>/vendor/llama.cpp") from None
-    print(f"Fetching llama.cpp's GGUF converter from PyPI (llama-cpp-python {LLAMA_CPP_PYTHON} source, "
-          f"{sdist['size'] / 1e6:.0f} MB) into {target} once.", flush=True)
+    """pip downloads the sdist, so the user's index, mirror, proxy and certificates apply as for any install."""
+    spec = f"llama-cpp-python=={LLAMA_CPP_PYTHON}"
+    print(f"Fetching llama.cpp's GGUF converter once ({spec} source package, 77 MB) into {target} ...", flush=True)
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        archive = Path(tmp) / sdist["filename"]
-        digest = hashlib.sha256()
-        with urllib.request.urlopen(sdist["url"], timeout=60) as r, archive.open("wb") as f, \
-                tqdm(total=sdist["size"], unit="B", unit_scale=True, desc="llama-cpp-python sdist") as bar:
-            while chunk := r.read(1 << 20):
-                f.write(chunk)
-                digest.update(chunk)
-                bar.update(len(chunk))
-        if digest.hexdigest() != sdist["digests"]["sha256"]:
-            raise UserError(f"{sdist['url']}: sha256 mismatch (a broken download); run the export again.")
+        proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                               "--progress-bar", "on", "-d", tmp, spec], stderr=subprocess.PIPE, text=True)
+        archives = list(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
+        if proc.returncode != 0 or not archives:
+            reason = (proc.stderr.strip().splitlines() or ["no archive"])[-1]
+            raise UserError(f"GGUF export needs llama.cpp's converter, taken from the {spec} source package, which pip "
+                            f"could not download ({reason}). Where you have network: pip download --no-deps "
+                            f"--no-binary :all: {spec}, unpack it and set TUNEFORGE_LLAMA_CPP=<unpacked>/vendor/llama.cpp")
         staged = Path(tmp) / "llama.cpp"
-        prefix = f"{sdist['filename'].removesuffix('.tar.gz')}/vendor/llama.cpp/"
-        with tarfile.open(archive) as tar:
+        prefix = f"{archives[0].name.removesuffix('.tar.gz')}/vendor/llama.cpp/"
+        with tarfile.open(archives[0]) as tar:
             for member in tar.getmembers():
                 rel = member.name.removeprefix(prefix)
                 if member.name.startswith(prefix) and member.isfile() and rel.startswith(_KEEP):

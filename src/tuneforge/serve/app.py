@@ -67,7 +67,8 @@ def create_app(pool: ModelPool, engine: Engine, store: Store, api_key: str | Non
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "models": list(pool.served), "device": pool.device, "precision": pool.precision}
+        return {"status": "ok", "models": list(pool.served), "device": pool.device, "precision": pool.precision,
+                "max_tokens_limit": limits.max_tokens, "api_key_required": bool(api_key)}
 
     @app.get("/v1/models")
     async def models():
