@@ -5,7 +5,6 @@ and runs compare, and the command line's errors."""
 import csv
 import http.server
 import json
-import shutil
 import threading
 
 import pytest
