@@ -7,9 +7,9 @@ import sys
 import pytest
 
 from conftest import arithmetic_rows, write_jsonl
+from tuneforge.cli.main import EXAMPLES
 
-COMMANDS = ["models", "train", "plan", "eval", "eval run", "eval export-pairs", "eval import-ratings", "eval judge",
-            "runs", "runs ls", "runs compare", "generate", "chat", "demo"]
+COMMANDS = list(EXAMPLES)  # every command and subcommand has an example
 
 
 def tuneforge(*args, cwd, env_extra=None):
