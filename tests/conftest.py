@@ -74,6 +74,13 @@ def arithmetic_rows(n: int) -> list[dict]:
                           {"role": "assistant", "content": f"The answer is {i + i % 7}."}]} for i in range(n)]
 
 
+def tiny_run_recipe(tiny_model: Path, data: Path, name: str) -> dict:
+    """A 3-step LoRA recipe on the tiny model at a high learning rate, so the weights move visibly."""
+    return {"name": name, "model": {"name": str(tiny_model)},
+            "data": {"sources": [str(data)], "val_ratio": 0.1, "test_ratio": 0.1, "max_length": 64},
+            "train": {"global_batch_size": 8, "max_steps": 3, "eval_every": 3, "learning_rate": 0.05}}
+
+
 def write_jsonl(path: Path, rows: list) -> Path:
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
     return path

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import arithmetic_rows, write_jsonl
+from conftest import arithmetic_rows, tiny_run_recipe, write_jsonl
 from tuneforge.cli.main import main
 from tuneforge.deploy.export import export_run
 from tuneforge.deploy.gguf import read_metadata
@@ -25,9 +25,7 @@ QUESTIONS = ["What is the sum of two numbers?", "Return the square root of x.", 
 def runs(tiny_model, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("export")
     data = write_jsonl(tmp / "chat.jsonl", arithmetic_rows(80))
-    raw = {"name": "lora", "model": {"name": str(tiny_model)},
-           "data": {"sources": [str(data)], "val_ratio": 0.1, "test_ratio": 0.1, "max_length": 64},
-           "train": {"global_batch_size": 8, "max_steps": 3, "eval_every": 3, "learning_rate": 0.05}}
+    raw = tiny_run_recipe(tiny_model, data, "lora")
     return {"lora": train(validate_recipe(raw), tmp / "runs"),
             "full": train(validate_recipe(raw | {"name": "full", "method": "full",
                                                  "train": raw["train"] | {"learning_rate": 0.01}}), tmp / "runs"),

@@ -17,7 +17,7 @@ import pytest
 import torch
 from openai import OpenAI
 
-from conftest import arithmetic_rows, headless_chromium, needs_chromium, write_jsonl
+from conftest import arithmetic_rows, headless_chromium, needs_chromium, tiny_run_recipe, write_jsonl
 from tuneforge.cli.main import main
 from tuneforge.inference.run_models import RunModels
 from tuneforge.inference.session import ChatSession
@@ -36,9 +36,7 @@ def runs(tiny_model, tmp_path_factory):
     """Two LoRA runs and a full fine-tune of the tiny model (one base)."""
     tmp = tmp_path_factory.mktemp("serve")
     data = write_jsonl(tmp / "chat.jsonl", arithmetic_rows(80))
-    raw = {"name": "lora-a", "model": {"name": str(tiny_model)},
-           "data": {"sources": [str(data)], "val_ratio": 0.1, "test_ratio": 0.1, "max_length": 64},
-           "train": {"global_batch_size": 8, "max_steps": 3, "eval_every": 3, "learning_rate": 0.05}}
+    raw = tiny_run_recipe(tiny_model, data, "lora-a")
     a = train(validate_recipe(raw), tmp / "runs")
     b = train(validate_recipe(raw | {"name": "lora-b", "seed": 1}), tmp / "runs")
     full = train(validate_recipe(raw | {"name": "full", "method": "full",

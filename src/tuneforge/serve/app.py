@@ -78,12 +78,16 @@ def create_app(pool: ModelPool, engine: Engine, store: Store, api_key: str | Non
     async def model(name: str):
         return _model_card(pool.served[_known(pool, name)])
 
+    async def read(request: Request, schema):
+        """(arrival time, validated body, served model name, its tokenizer) of a generation request."""
+        arrived = time.time()
+        body = _parse(await _body(request, limits), schema)
+        name = _known(pool, body.model)
+        return arrived, body, name, pool.tokenizers[name]
+
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
-        arrived = time.time()
-        body = _parse(await _body(request, limits), ChatRequest)
-        name = _known(pool, body.model)
-        tokenizer = pool.tokenizers[name]
+        arrived, body, name, tokenizer = await read(request, ChatRequest)
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
         try:
             prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -109,10 +113,7 @@ def create_app(pool: ModelPool, engine: Engine, store: Store, api_key: str | Non
 
     @app.post("/v1/completions")
     async def completions(request: Request):
-        arrived = time.time()
-        body = _parse(await _body(request, limits), CompletionRequest)
-        name = _known(pool, body.model)
-        tokenizer = pool.tokenizers[name]
+        arrived, body, name, tokenizer = await read(request, CompletionRequest)
         prompts = _prompt_ids(body.prompt, tokenizer)
         max_tokens = _max_tokens(body.max_tokens, prompts, pool, limits, "max_tokens", "prompt")
         _rows(body.n, len(prompts), limits)

@@ -151,6 +151,7 @@ class Row:
         seed = s.seed + index if s.seed is not None else random.getrandbits(63)
         self.generator = torch.Generator().manual_seed(seed)
         self.ids: list[int] = []
+        self._text: str | None = ""  # decoded self.ids; None after a new token
         self.sent = ""
         self.finished: str | None = None
         self.token_logprobs: list[float] = []
@@ -190,6 +191,7 @@ class Row:
             self.finished = "stop"
             return
         self.ids.append(token)
+        self._text = None
         if len(self.ids) >= s.max_tokens or len(self.prompt) + len(self.ids) >= max_context:
             self.finished = "length"
         if s.stop:
@@ -199,7 +201,10 @@ class Row:
                 self.finished = "stop"
 
     def text(self) -> str:
-        return self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        """The generated text, decoded once per token (stop checks and streaming both read it)."""
+        if self._text is None:
+            self._text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        return self._text
 
     def visible(self) -> str:
         """What can be sent so far: up to a stop string; while running, minus a trailing partial UTF-8
