@@ -1,7 +1,7 @@
 """Training speed: tuneforge's trainer against TRL's SFTTrainer, same model, data, adapters and steps.
 
     .venv/bin/pip install -c constraints.txt -e '.[bench]'             # TRL, once
-    .venv/bin/python benchmarks/train_speed.py                       # lora and full, ~8 min on 2 cores
+    .venv/bin/python benchmarks/train_speed.py                       # lora and full, ~10 min on 2 cores
     .venv/bin/python benchmarks/train_speed.py --methods lora --steps 4 --repeats 2
 
 Every configuration trains one pass over the same examples (pydocs, bundled SmolLM2-135M-Instruct) in
@@ -9,7 +9,10 @@ the same order, in a fresh process, configurations alternating:
   tuneforge      `tuneforge train`'s own code path (plan_training, load_trainee, train_step), defaults;
   tuneforge fp32 the same with train.precision fp32 (MFU against the fp32 peak);
   trl            trl.SFTTrainer with its defaults (bf16 autocast, gradient checkpointing, padded batches);
-  trl packing    the same with packing=True (best-fit decreasing rows of max_length, padding-free), as
+  trl fp32       the same with bf16=False. TRL's default bf16=True refuses to start on a machine without a
+                 bf16 GPU ("You need to assign use_cpu"); the ways out are use_cpu=True (bf16 autocast on
+                 the CPU, the row above) or bf16=False (fp32: how the issue's baseline was measured);
+  trl packing    trl with packing=True (best-fit decreasing rows of max_length, padding-free), as
                  many rows a step as the batch's examples fill.
 Shared: LoRA r 16 / alpha 32 / dropout 0 on all linear layers (full: no adapters), AdamW, the method's
 learning rate, constant schedule, grad-norm clip 1.0, loss on the answer tokens only (TRL gets
@@ -41,9 +44,9 @@ import yaml
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODEL = "smollm2-135m-instruct"
-CONFIGS = {  # name -> (trainer, precision for ours / packing for TRL)
+CONFIGS = {  # name -> (trainer, train.precision for ours / SFTConfig fields for TRL)
     "tuneforge": ("tuneforge", "auto"), "tuneforge fp32": ("tuneforge", "fp32"),
-    "trl": ("trl", False), "trl packing": ("trl", True)}
+    "trl": ("trl", {}), "trl fp32": ("trl", {"bf16": False}), "trl packing": ("trl", {"packing": True})}
 
 
 def main() -> None:
@@ -258,12 +261,13 @@ def run_trl(job: dict) -> dict:
     mean_length = sum(len(e.input_ids) for e in encoded) / len(encoded)
     packed_rows = max(1, round(job["batch"] * mean_length / job["max_length"]))
     with tempfile.TemporaryDirectory() as out:
-        args = SFTConfig(output_dir=out, per_device_train_batch_size=packed_rows if job["option"] else job["batch"],
+        packing = job["option"].get("packing", False)
+        args = SFTConfig(output_dir=out, per_device_train_batch_size=packed_rows if packing else job["batch"],
                          num_train_epochs=1, learning_rate=recipe.learning_rate(), lr_scheduler_type="constant",
-                         weight_decay=0.0, max_grad_norm=1.0, max_length=job["max_length"], packing=job["option"],
+                         weight_decay=0.0, max_grad_norm=1.0, max_length=job["max_length"],
                          train_sampling_strategy="sequential", save_strategy="no", report_to=[],
                          logging_steps=1, seed=0, dataloader_num_workers=0, disable_tqdm=True, use_cpu=True,
-                         **job["trl_set"])
+                         **(job["option"] | job["trl_set"]))
         peft = None if job["method"] == "full" else LoraConfig(
             r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
         trainer = SFTTrainer(model=str(resolve_model(MODEL)), args=args, train_dataset=dataset,
@@ -301,17 +305,20 @@ def _table(rows: list[dict], peaks: dict, args) -> str:
     lines = [f"SmolLM2-135M-Instruct, pydocs, {args.steps} timed steps of {args.batch} examples after {args.warmup} "
              f"untimed, max length {args.max_length}; {torch.get_num_threads()} threads; matmul peak fp32 "
              f"{peaks['fp32']:.0f} / bf16 {peaks['bf16']:.0f} GFLOP/s\n",
-             "| method | trainer | precision | tokens/s | vs trl | padding | s/step | peak RSS GiB | vs trl | GFLOP/s "
-             "| MFU | val loss after |", "|" + "---|" * 12]
+             "| method | trainer | precision | tokens/s | vs trl | vs trl fp32 | padding | s/step | peak RSS GiB "
+             "| vs trl | vs trl fp32 | GFLOP/s | MFU | val loss after |", "|" + "---|" * 14]
+
+    def ratio(r, base, key, fmt):
+        b = next((b for b in rows if b["method"] == r["method"] and b["name"] == base), None)
+        return fmt.format(r[key] / b[key]) if b else ""
+
     for r in rows:
-        base = next((b for b in rows if b["method"] == r["method"] and b["name"] == "trl"), None)
-        speed = f"{r['tokens_per_s'] / base['tokens_per_s']:.1f}x" if base else ""
-        memory = f"{r['peak_rss_gib'] / base['peak_rss_gib']:.2f}x" if base else ""
-        lines.append(f"| {r['method']} | {r['name']} | {r['precision']} | {r['tokens_per_s']} | {speed} | "
-                     f"{r['padding_share']:.0%} | {r['s_per_step']} | {r['peak_rss_gib']} | {memory} | "
+        lines.append(f"| {r['method']} | {r['name']} | {r['precision']} | {r['tokens_per_s']} | "
+                     f"{ratio(r, 'trl', 'tokens_per_s', '{:.1f}x')} | {ratio(r, 'trl fp32', 'tokens_per_s', '{:.1f}x')} | "
+                     f"{r['padding_share']:.0%} | {r['s_per_step']} | {r['peak_rss_gib']} | "
+                     f"{ratio(r, 'trl', 'peak_rss_gib', '{:.2f}x')} | {ratio(r, 'trl fp32', 'peak_rss_gib', '{:.2f}x')} | "
                      f"{r['gflop_s']} | {r['mfu']:.0%} | {r['val_loss']} |")
     return "\n".join(lines)
-
 
 if __name__ == "__main__":
     main()

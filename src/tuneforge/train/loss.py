@@ -1,7 +1,8 @@
 """Token-level cross-entropy that runs the LM head only where loss falls.
 
 The head of a small model is a large share of its compute (SmolLM2-135M: 576 x 49,152); running it on
-the answer tokens only, instead of on every position, avoids the full batch x seq x vocab logits.
+the answer tokens only, instead of on every position, avoids the full batch x seq x vocab logits, and
+running it a chunk at a time (train/head_loss.py) avoids holding even the answer tokens' logits.
 A batch is padded (input_ids, labels, attention_mask) or packed (input_ids, labels, position_ids that
 restart per example and no attention mask, so transformers builds a block-diagonal causal mask).
 """
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 
 from tuneforge.data.batches import collate, collate_packed, pack, to_device
 from tuneforge.data.tokenize import IGNORE
+from tuneforge.train.head_loss import head_cross_entropy
 
 
 class LossModel(torch.nn.Module):
@@ -26,32 +28,51 @@ class LossModel(torch.nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int, int]:
         """Sum of next-token cross-entropy over positions whose label is not IGNORE, their count,
         and (in eval mode) how many of them the model ranks first."""
-        logits, targets = answer_logits(self.model, batch)
         smoothing = self.label_smoothing if self.training else 0.0
-        loss = F.cross_entropy(logits.float(), targets, reduction="sum", label_smoothing=smoothing)
         # Accuracy is for validation; in training the argmax over the vocabulary would cost ~1% of a step.
+        hidden, targets = answer_hidden(self.model, batch)
+        if hidden is not None:
+            head = _base(self.model).get_output_embeddings()
+            loss, correct = head_cross_entropy(hidden, head, targets, smoothing, count_correct=not self.training)
+            return loss, int(targets.numel()), correct
+        logits, targets = answer_logits(self.model, batch)
+        loss = F.cross_entropy(logits.float(), targets, reduction="sum", label_smoothing=smoothing)
         correct = 0 if self.training else int((logits.argmax(-1) == targets).sum())
         return loss, int(targets.numel()), correct
 
 
 def answer_logits(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits at the positions whose next token carries loss, and those next tokens."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden, targets = answer_hidden(model, batch)
+    if hidden is not None:
+        return _base(model).get_output_embeddings()(hidden), targets
+    # models that scale or cap logits after the head: let their forward do it
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    logits = model(**inputs, use_cache=False).logits
+    logits = logits[:, logits.shape[1] - batch["input_ids"].shape[1]:][:, :-1]
+    return logits[batch["labels"][:, 1:] != IGNORE], targets
+
+
+def answer_hidden(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """The decoder's last hidden states at the positions whose next token carries loss (None for a model
+    whose logits are more than its head applied to them), and those next tokens."""
+    base = _base(model)
     labels = batch["labels"][:, 1:]
     mask = labels != IGNORE
+    if not _head_is_plain(base.config):
+        return None, labels[mask]
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     prompt = _soft_prompt(model, batch["input_ids"].shape[0])
-    if _head_is_plain(base.config):
-        decoder = base.get_decoder()
-        if prompt is not None:  # prompt tuning: the learned vectors go in front of the embedded tokens
-            inputs = _with_prompt(decoder, inputs, prompt)
-        hidden = decoder(**inputs, use_cache=False).last_hidden_state
-        hidden = hidden[:, hidden.shape[1] - batch["input_ids"].shape[1]:]
-        logits = base.get_output_embeddings()(hidden[:, :-1][mask])
-    else:  # models that scale or cap logits after the head: let their forward do it
-        logits = model(**inputs, use_cache=False).logits
-        logits = logits[:, logits.shape[1] - batch["input_ids"].shape[1]:][:, :-1][mask]
-    return logits, labels[mask]
+    decoder = base.get_decoder()
+    if prompt is not None:  # prompt tuning: the learned vectors go in front of the embedded tokens
+        inputs = _with_prompt(decoder, inputs, prompt)
+    hidden = decoder(**inputs, use_cache=False).last_hidden_state
+    hidden = hidden[:, hidden.shape[1] - batch["input_ids"].shape[1]:]
+    return hidden[:, :-1][mask], labels[mask]
+
+
+def _base(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def _soft_prompt(model, batch_size: int) -> torch.Tensor | None:

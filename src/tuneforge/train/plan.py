@@ -14,6 +14,7 @@ import psutil
 import torch
 
 from tuneforge.recipe import HALF_BASE_METHODS, LORA_METHODS, Recipe
+from tuneforge.train.head_loss import chunk_tokens
 
 # Bytes kept for backward per token, per transformer block, per unit of hidden size (fp32, SDPA): the
 # inputs of the norms, projections and MLP (intermediate ~2.7x hidden), plus what the allocator holds
@@ -23,7 +24,8 @@ from tuneforge.recipe import HALF_BASE_METHODS, LORA_METHODS, Recipe
 _ACTIVATION_BYTES_PER_TOKEN_BLOCK_HIDDEN = {"plain": 44, "lora": 64, "lora_dropout": 104}
 # With gradient checkpointing only each block's input is kept, and one block's activations live at a time.
 _CHECKPOINTED_BYTES_PER_TOKEN_BLOCK_HIDDEN = 8
-# The LM head on the answer tokens: logits, their softmax and its gradient, fp32.
+# The LM head on a chunk of answer tokens at a time (train/head_loss.py): the chunk's logits, their
+# softmax in place and its compute-dtype copy, plus the forward's reduction temporaries.
 _HEAD_COPIES = 3
 # Python, torch, transformers, the tokenizer and the encoded data, measured before the model loads.
 _RUNTIME_BYTES = 700 * 2**20
@@ -127,7 +129,9 @@ def estimate_memory(shape: ModelShape, recipe: Recipe, tokens_per_micro_batch: i
     blocks = tokens_per_micro_batch * learning_blocks * shape.hidden * per_unit
     if cfg.gradient_checkpointing:
         blocks += tokens_per_micro_batch * shape.hidden * kept
-    head = tokens_per_micro_batch * shape.vocab * 4 * _HEAD_COPIES
+    head = min(tokens_per_micro_batch, chunk_tokens(shape.vocab)) * shape.vocab * 4 * _HEAD_COPIES
+    if recipe.method == "full":  # the head's weight gradient, summed over the chunks in fp32
+        head += shape.vocab * shape.hidden * 4
     if recipe.method in ("dora", "qlora"):
         # DoRA recomposes W + BA to take its norm, QLoRA dequantises W: full-size fp32 temporaries.
         blocks += shape.linear_params * 4

@@ -1,0 +1,89 @@
+"""The LM head and cross-entropy together, a chunk of tokens at a time, with the gradient computed on the way.
+
+Plain autograd keeps the [tokens, vocab] logits alive until backward, several times over (the head's
+output, its fp32 copy, log-softmax, and the gradient of each): about 14 bytes x vocab per loss token,
+690 KB a token for SmolLM2's 49,152-token vocabulary, 1.4 GB for 2,048 loss tokens, 2 GB a micro-batch for
+a 150k vocabulary. Here the loss is a sum over tokens, so each chunk's gradient (softmax minus the
+smoothed one-hot target) is final as soon as its logits exist: forward computes it, multiplies it into
+the gradients for the hidden states and the head's weights, and frees the chunk. Only those gradients
+are kept for backward, which scales them by the incoming gradient. The products are the ones autograd
+would do (logits in the compute dtype, softmax in fp32), so results equal the unchunked loss to
+rounding. The same technique as Liger-Kernel's fused linear cross-entropy, written here in PyTorch
+because Liger's is Triton (GPU only).
+"""
+
+import torch
+
+CHUNK_BYTES = 32 * 2**20  # fp32 logits per chunk; >= 64 tokens a chunk keeps the head's matmul efficient
+
+
+def head_cross_entropy(hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor,
+                       label_smoothing: float = 0.0, count_correct: bool = False) -> tuple[torch.Tensor, int]:
+    """Sum of cross-entropy of head(hidden) against targets ([tokens, features], [tokens]), and how many
+    targets the head ranks first when count_correct (else 0). Differentiable in hidden and the head's
+    weight / bias, without ever holding all logits."""
+    weight, bias = head.weight, head.bias
+    device = hidden.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
+    chunk = chunk_tokens(weight.shape[0])
+    correct = torch.zeros((), dtype=torch.long, device=hidden.device)
+    tensors = (hidden, weight, bias)
+    wants = [torch.is_grad_enabled() and t is not None and t.requires_grad for t in tensors]
+    loss = _HeadCrossEntropy.apply(hidden, weight, bias, targets, label_smoothing, dtype, chunk,
+                                   correct if count_correct else None, wants)
+    return loss, int(correct)
+
+
+def chunk_tokens(vocab: int) -> int:
+    return max(64, CHUNK_BYTES // (4 * vocab))
+
+
+class _HeadCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, smoothing: float, dtype, chunk: int, correct, wants):
+        grads = any(wants)  # which of hidden, weight, bias need a gradient (forward runs without grad mode)
+        with torch.autocast(hidden.device.type, enabled=False):
+            w = weight.to(dtype)
+            b = None if bias is None else bias.to(dtype)
+            d_hidden = torch.empty_like(hidden) if grads and wants[0] else None
+            d_weight = torch.zeros_like(weight, dtype=torch.float32) if grads and wants[1] else None
+            d_bias = torch.zeros_like(bias, dtype=torch.float32) if grads and wants[2] else None
+            total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+            for start in range(0, hidden.shape[0], chunk):
+                h = hidden[start:start + chunk].to(dtype)
+                t = targets[start:start + chunk]
+                logits = torch.nn.functional.linear(h, w, b).float()
+                if correct is not None:
+                    correct += (logits.argmax(-1) == t).sum()
+                lse = logits.logsumexp(-1)
+                nll = lse - logits.gather(1, t[:, None]).squeeze(1)
+                if smoothing:
+                    nll = (1 - smoothing) * nll + smoothing * (lse - logits.mean(-1))
+                total += nll.sum()
+                if not grads:
+                    continue
+                g = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
+                g[torch.arange(len(t), device=t.device), t] -= 1 - smoothing
+                if smoothing:
+                    g -= smoothing / g.shape[1]
+                g = g.to(dtype)
+                if d_hidden is not None:
+                    d_hidden[start:start + chunk] = g @ w
+                if d_weight is not None:
+                    d_weight += g.t() @ h
+                if d_bias is not None:
+                    d_bias += g.sum(0)
+        ctx.save_for_backward(*(x for x in (d_hidden, d_weight, d_bias) if x is not None))
+        ctx.have = [x is not None for x in (d_hidden, d_weight, d_bias)]
+        ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad):
+        saved = iter(ctx.saved_tensors)
+        d_hidden, d_weight, d_bias = (next(saved) * grad if have else None for have in ctx.have)
+        if d_weight is not None:
+            d_weight = d_weight.to(ctx.dtypes[0])
+        if d_bias is not None:
+            d_bias = d_bias.to(ctx.dtypes[1])
+        return d_hidden, d_weight, d_bias, None, None, None, None, None, None
