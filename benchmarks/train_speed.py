@@ -297,7 +297,8 @@ def _medians(runs: list[dict]) -> list[dict]:
     rows = []
     for method, name in dict.fromkeys((r["method"], r["name"]) for r in runs):
         same = [r for r in runs if r["method"] == method and r["name"] == name]
-        rows.append({**same[0], **{k: statistics.median(r[k] for r in same) for k in keys}, "repeats": len(same)})
+        rows.append({**same[0], **{k: round(statistics.median(r[k] for r in same), 3) for k in keys},
+                     "repeats": len(same)})
     return rows
 
 

@@ -29,8 +29,8 @@ class LossModel(torch.nn.Module):
         """Sum of next-token cross-entropy over positions whose label is not IGNORE, their count,
         and (in eval mode) how many of them the model ranks first."""
         smoothing = self.label_smoothing if self.training else 0.0
-        # Accuracy is for validation; in training the argmax over the vocabulary would cost ~1% of a step.
         hidden, targets = answer_hidden(self.model, batch)
+        # Accuracy is for validation; in training the argmax over the vocabulary would cost ~1% of a step.
         if hidden is not None:
             head = _base(self.model).get_output_embeddings()
             loss, correct = head_cross_entropy(hidden, head, targets, smoothing, count_correct=not self.training)
