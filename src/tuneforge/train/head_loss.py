@@ -27,8 +27,7 @@ def head_cross_entropy(hidden: torch.Tensor, head: torch.nn.Module, targets: tor
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
     chunk = chunk_tokens(weight.shape[0])
     correct = torch.zeros((), dtype=torch.long, device=hidden.device)
-    tensors = (hidden, weight, bias)
-    wants = [torch.is_grad_enabled() and t is not None and t.requires_grad for t in tensors]
+    wants = [torch.is_grad_enabled() and t is not None and t.requires_grad for t in (hidden, weight, bias)]
     loss = _HeadCrossEntropy.apply(hidden, weight, bias, targets, label_smoothing, dtype, chunk,
                                    correct if count_correct else None, wants)
     return loss, int(correct)
@@ -41,13 +40,13 @@ def chunk_tokens(vocab: int) -> int:
 class _HeadCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, smoothing: float, dtype, chunk: int, correct, wants):
-        grads = any(wants)  # which of hidden, weight, bias need a gradient (forward runs without grad mode)
+        # wants: which of hidden, weight, bias need a gradient (forward itself runs without grad mode)
         with torch.autocast(hidden.device.type, enabled=False):
             w = weight.to(dtype)
             b = None if bias is None else bias.to(dtype)
-            d_hidden = torch.empty_like(hidden) if grads and wants[0] else None
-            d_weight = torch.zeros_like(weight, dtype=torch.float32) if grads and wants[1] else None
-            d_bias = torch.zeros_like(bias, dtype=torch.float32) if grads and wants[2] else None
+            d_hidden = torch.empty_like(hidden) if wants[0] else None
+            d_weight = torch.zeros_like(weight, dtype=torch.float32) if wants[1] else None
+            d_bias = torch.zeros_like(bias, dtype=torch.float32) if wants[2] else None
             total = torch.zeros((), dtype=torch.float32, device=hidden.device)
             for start in range(0, hidden.shape[0], chunk):
                 h = hidden[start:start + chunk].to(dtype)
@@ -60,7 +59,7 @@ class _HeadCrossEntropy(torch.autograd.Function):
                 if smoothing:
                     nll = (1 - smoothing) * nll + smoothing * (lse - logits.mean(-1))
                 total += nll.sum()
-                if not grads:
+                if not any(wants):
                     continue
                 g = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
                 g[torch.arange(len(t), device=t.device), t] -= 1 - smoothing
@@ -73,17 +72,12 @@ class _HeadCrossEntropy(torch.autograd.Function):
                     d_weight += g.t() @ h
                 if d_bias is not None:
                     d_bias += g.sum(0)
-        ctx.save_for_backward(*(x for x in (d_hidden, d_weight, d_bias) if x is not None))
-        ctx.have = [x is not None for x in (d_hidden, d_weight, d_bias)]
-        ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
+        ctx.save_for_backward(d_hidden, d_weight, d_bias)
+        ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
         return total
 
     @staticmethod
     def backward(ctx, grad):
-        saved = iter(ctx.saved_tensors)
-        d_hidden, d_weight, d_bias = (next(saved) * grad if have else None for have in ctx.have)
-        if d_weight is not None:
-            d_weight = d_weight.to(ctx.dtypes[0])
-        if d_bias is not None:
-            d_bias = d_bias.to(ctx.dtypes[1])
-        return d_hidden, d_weight, d_bias, None, None, None, None, None, None
+        # Each saved gradient times the incoming one, in its tensor's dtype (None where none was wanted).
+        grads = [None if d is None else (d * grad).to(dtype) for d, dtype in zip(ctx.saved_tensors, ctx.dtypes)]
+        return *grads, None, None, None, None, None, None
