@@ -20,16 +20,19 @@ prompt / completion pairs), global batch --batch examples (trl packing: the rows
 length --max-length.
 
 Reported per configuration: non-padding tokens/s over the steps after the first (--warmup), padding share,
-peak RSS of its process, achieved GFLOP/s and MFU against a matmul peak measured here (2048^3, in the
-precision the configuration computes in), and the validation loss on the answer tokens of 64 held-out
+peak RSS of its process (on a GPU also peak GPU memory allocated), achieved GFLOP/s and MFU against a
+matmul peak measured here (2048^3 on a CPU, 8192^3 on a GPU, in the precision the configuration computes in), and the validation loss on the answer tokens of 64 held-out
 examples after the pass (the same function for every model). FLOPs count the work the step needs, not
 what a trainer spends: linear layers on every real token, causal attention within each example, the LM
 head on the answer tokens only; forward + backward to the inputs for LoRA (plus the adapters' own),
 forward + full backward for full fine-tuning. Writes benchmarks/results/train_speed.{json,md}.
+
+On a machine with a CUDA GPU everything runs there (TRL without use_cpu, bf16 autocast by default);
+the issue's GPU run is the bundled model at 2,048-token context:
+    .venv/bin/python benchmarks/train_speed.py --data long --max-length 2048 --steps 20 --warmup 3
 """
 
 import argparse
-import contextlib
 import json
 import resource
 import statistics
@@ -44,6 +47,7 @@ import yaml
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODEL = "smollm2-135m-instruct"
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 CONFIGS = {  # name -> (trainer, train.precision for ours / SFTConfig fields for TRL)
     "tuneforge": ("tuneforge", "auto"), "tuneforge fp32": ("tuneforge", "fp32"),
     "trl": ("trl", {}), "trl fp32": ("trl", {"bf16": False}), "trl packing": ("trl", {"packing": True})}
@@ -75,8 +79,7 @@ def main() -> None:
         raise SystemExit(f"--configs: unknown {unknown}; choose from {', '.join(CONFIGS)}")
     trl_set = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.trl_set)}
     peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
-    print(f"matmul peak (2048^3, {torch.get_num_threads()} threads): fp32 {peaks['fp32']:.0f}, "
-          f"bf16 {peaks['bf16']:.0f} GFLOP/s", flush=True)
+    print(f"matmul peak ({_machine()}): fp32 {peaks['fp32']:.0f}, bf16 {peaks['bf16']:.0f} GFLOP/s", flush=True)
     runs = []
     for method in args.methods.split(","):
         for round_ in range(args.repeats):
@@ -89,7 +92,7 @@ def main() -> None:
                 result["mfu"] = round(result["gflop_s"] / peaks[result["precision"]], 3)
                 runs.append(result)
                 print(f"[{method} round {round_ + 1}] {name}: {result['tokens_per_s']} tokens/s, "
-                      f"MFU {result['mfu']:.0%}, peak RSS {result['peak_rss_gib']} GiB, "
+                      f"MFU {result['mfu']:.0%}, peak memory {result['peak_gib']} GiB, "
                       f"val loss {result['val_loss']}", flush=True)
     rows = _medians(runs)
     table = _table(rows, peaks, args)
@@ -101,17 +104,33 @@ def main() -> None:
     print(f"\nWrote {RESULTS / 'train_speed.json'} and {RESULTS / 'train_speed.md'}")
 
 
-def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
-    """Best GFLOP/s of an n^3 matmul over a few rounds: the ceiling MFU is measured against."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+def matmul_peak(dtype: torch.dtype, reps: int = 10) -> float:
+    """Best GFLOP/s of an n^3 matmul over a few rounds: the ceiling MFU is measured against (n 2048 on a
+    CPU as in the issue, 8192 on a GPU, where 2048^3 is too small to fill the device)."""
+    n = 8192 if DEVICE == "cuda" else 2048
+    a, b = (torch.randn(n, n, dtype=dtype, device=DEVICE) for _ in range(2))
     best = 0.0
     for _ in range(3):
         a @ b
+        _sync()
         started = time.perf_counter()
         for _ in range(reps):
             a @ b
+        _sync()
         best = max(best, 2 * n**3 * reps / (time.perf_counter() - started) / 1e9)
     return round(best, 1)
+
+
+def _sync() -> None:
+    """Wait for the GPU's queued work, so a clock read after it times the work, not its launch."""
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def _machine() -> str:
+    if DEVICE == "cuda":
+        return torch.cuda.get_device_name()
+    return f"CPU, {torch.get_num_threads()} threads"
 
 
 def _spawn(job: dict) -> dict:
@@ -197,7 +216,7 @@ def step_flops(encoded: list, method: str, config, lora_params: int) -> float:
 def _finish(job: dict, model, pad_id: int, times: list[float], counts: list[tuple[int, int]],
             encoded, val, precision: str, lora_params: int) -> dict:
     """Throughput over the timed steps, FLOPs, peak RSS and the validation loss after the pass."""
-    from tuneforge.train.hardware import DTYPES
+    from tuneforge.train.hardware import autocast
     from tuneforge.train.loss import LossModel, evaluate_loss
 
     timed = slice(job["warmup"], None)
@@ -206,13 +225,14 @@ def _finish(job: dict, model, pad_id: int, times: list[float], counts: list[tupl
     positions = sum(p for _, p in counts[timed])
     share = real / sum(r for r, _ in counts)  # FLOPs of the timed steps, pro rata to their tokens
     flops = step_flops(encoded, job["method"], model.config, lora_params) * share
-    autocast = (contextlib.nullcontext if precision == "fp32"
-                else lambda: torch.autocast("cpu", dtype=DTYPES[precision]))
-    val_loss = evaluate_loss(LossModel(model), val, 8, pad_id, "cpu", autocast).loss
+    # Peak memory of training, before validation adds its own.
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    gpu = torch.cuda.max_memory_allocated() / 2**30 if DEVICE == "cuda" else None
+    val_loss = evaluate_loss(LossModel(model), val, 8, pad_id, DEVICE, lambda: autocast(DEVICE, precision)).loss
     return {"name": job["name"], "method": job["method"], "precision": precision, "steps": len(times),
             "tokens_per_s": round(real / seconds, 1), "padding_share": round(1 - real / positions, 3),
-            "s_per_step": round(seconds / len(times[timed]), 2),
-            "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+            "s_per_step": round(seconds / len(times[timed]), 2), "peak_rss_gib": round(rss, 2),
+            "peak_gpu_gib": None if gpu is None else round(gpu, 2), "peak_gib": round(gpu if gpu else rss, 2),
             "gflop_s": round(flops / seconds / 1e9, 1), "val_loss": round(val_loss, 4),
             "tokens": sum(r for r, _ in counts)}
 
@@ -234,6 +254,7 @@ def run_ours(job: dict) -> dict:
     times = []
     for indices in steps:
         train_step(t, encoded, indices, setup.plan, setup.recipe)
+        _sync()
         times.append(time.perf_counter())
     return _finish(job, t.model, t.pad_id, times, counts, encoded, val, t.precision,
                    setup.shape.trainable_params if job["method"] != "full" else 0)
@@ -246,7 +267,7 @@ def run_trl(job: dict) -> dict:
     from trl import SFTConfig, SFTTrainer
 
     from tuneforge.models.loader import resolve_model
-    from tuneforge.train.hardware import cpu_has_bf16
+    from tuneforge.train.hardware import choose_precision
 
     recipe, tokenizer, rows, encoded, val = benchmark_data(job)
     # Prompt / completion pairs: TRL then puts the loss on the completion only, as tuneforge does.
@@ -255,6 +276,7 @@ def run_trl(job: dict) -> dict:
 
     class Clock(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
+            _sync()
             times.append(time.perf_counter())
 
     # Packed, a step takes as many max_length rows as the global batch's examples fill.
@@ -266,7 +288,7 @@ def run_trl(job: dict) -> dict:
                          num_train_epochs=1, learning_rate=recipe.learning_rate(), lr_scheduler_type="constant",
                          weight_decay=0.0, max_grad_norm=1.0, max_length=job["max_length"],
                          train_sampling_strategy="sequential", save_strategy="no", report_to=[],
-                         logging_steps=1, seed=0, dataloader_num_workers=0, disable_tqdm=True, use_cpu=True,
+                         logging_steps=1, seed=0, dataloader_num_workers=0, disable_tqdm=True, use_cpu=DEVICE == "cpu",
                          **(job["option"] | job["trl_set"]))
         peft = None if job["method"] == "full" else LoraConfig(
             r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
@@ -285,7 +307,7 @@ def run_trl(job: dict) -> dict:
         trainer.train()
         model = trainer.model
     lora_params = sum(p.numel() for p in model.parameters() if p.requires_grad) if peft else 0
-    precision = "bf16" if args.bf16 and cpu_has_bf16() else "fp32"
+    precision = choose_precision("auto", DEVICE) if args.bf16 else "fp32"
     return _finish(job, model, tokenizer.pad_token_id, times, counts[:len(times)], encoded, val,
                    precision, lora_params)
 
@@ -293,7 +315,7 @@ def run_trl(job: dict) -> dict:
 # ---------------------------------------------------------------- the table
 
 def _medians(runs: list[dict]) -> list[dict]:
-    keys = ["tokens_per_s", "padding_share", "s_per_step", "peak_rss_gib", "gflop_s", "mfu", "val_loss"]
+    keys = ["tokens_per_s", "padding_share", "s_per_step", "peak_gib", "gflop_s", "mfu", "val_loss"]
     rows = []
     for method, name in dict.fromkeys((r["method"], r["name"]) for r in runs):
         same = [r for r in runs if r["method"] == method and r["name"] == name]
@@ -304,9 +326,10 @@ def _medians(runs: list[dict]) -> list[dict]:
 
 def _table(rows: list[dict], peaks: dict, args) -> str:
     lines = [f"SmolLM2-135M-Instruct, pydocs, {args.steps} timed steps of {args.batch} examples after {args.warmup} "
-             f"untimed, max length {args.max_length}; {torch.get_num_threads()} threads; matmul peak fp32 "
+             f"untimed, max length {args.max_length}, data {args.data}; {_machine()}; matmul peak fp32 "
              f"{peaks['fp32']:.0f} / bf16 {peaks['bf16']:.0f} GFLOP/s\n",
-             "| method | trainer | precision | tokens/s | vs trl | vs trl fp32 | padding | s/step | peak RSS GiB "
+             f"| method | trainer | precision | tokens/s | vs trl | vs trl fp32 | padding | s/step | "
+             f"peak {'GPU memory' if DEVICE == 'cuda' else 'RSS'} GiB "
              "| vs trl | vs trl fp32 | GFLOP/s | MFU | val loss after |", "|" + "---|" * 14]
 
     def ratio(r, base, key, fmt):
@@ -316,8 +339,8 @@ def _table(rows: list[dict], peaks: dict, args) -> str:
     for r in rows:
         lines.append(f"| {r['method']} | {r['name']} | {r['precision']} | {r['tokens_per_s']} | "
                      f"{ratio(r, 'trl', 'tokens_per_s', '{:.1f}x')} | {ratio(r, 'trl fp32', 'tokens_per_s', '{:.1f}x')} | "
-                     f"{r['padding_share']:.0%} | {r['s_per_step']} | {r['peak_rss_gib']} | "
-                     f"{ratio(r, 'trl', 'peak_rss_gib', '{:.2f}x')} | {ratio(r, 'trl fp32', 'peak_rss_gib', '{:.2f}x')} | "
+                     f"{r['padding_share']:.0%} | {r['s_per_step']} | {r['peak_gib']} | "
+                     f"{ratio(r, 'trl', 'peak_gib', '{:.2f}x')} | {ratio(r, 'trl fp32', 'peak_gib', '{:.2f}x')} | "
                      f"{r['gflop_s']} | {r['mfu']:.0%} | {r['val_loss']} |")
     return "\n".join(lines)
 
