@@ -45,8 +45,7 @@ class _HeadCrossEntropy(torch.autograd.Function):
             w = weight.to(dtype)
             b = None if bias is None else bias.to(dtype)
             d_hidden = torch.empty_like(hidden) if wants[0] else None
-            d_weight = torch.zeros_like(weight, dtype=torch.float32) if wants[1] else None
-            d_bias = torch.zeros_like(bias, dtype=torch.float32) if wants[2] else None
+            d_weight = d_bias = None
             total = torch.zeros((), dtype=torch.float32, device=hidden.device)
             for start in range(0, hidden.shape[0], chunk):
                 h = hidden[start:start + chunk].to(dtype)
@@ -68,16 +67,22 @@ class _HeadCrossEntropy(torch.autograd.Function):
                 g = g.to(dtype)
                 if d_hidden is not None:
                     d_hidden[start:start + chunk] = g @ w
-                if d_weight is not None:
-                    d_weight += g.t() @ h
-                if d_bias is not None:
-                    d_bias += g.sum(0)
+                if wants[1]:  # the first chunk's product becomes the buffer: no zero-filled 4 x vocab x width bytes
+                    d_weight = _accumulate(d_weight, g.t() @ h)
+                if wants[2]:
+                    d_bias = _accumulate(d_bias, g.sum(0))
         ctx.save_for_backward(d_hidden, d_weight, d_bias)
         ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
         return total
 
     @staticmethod
     def backward(ctx, grad):
-        # Each saved gradient times the incoming one, in its tensor's dtype (None where none was wanted).
-        grads = [None if d is None else (d * grad).to(dtype) for d, dtype in zip(ctx.saved_tensors, ctx.dtypes)]
+        # Each saved gradient times the incoming one, in its tensor's dtype (None where none was wanted);
+        # in place, as nothing else holds them (so the graph can be back-propagated once, as training does).
+        grads = [None if d is None else d.mul_(grad).to(dtype) for d, dtype in zip(ctx.saved_tensors, ctx.dtypes)]
         return *grads, None, None, None, None, None, None
+
+
+def _accumulate(total: torch.Tensor | None, part: torch.Tensor) -> torch.Tensor:
+    """Sum of chunk gradients in fp32."""
+    return part.float() if total is None else total.add_(part)
