@@ -21,11 +21,12 @@ length --max-length.
 
 Reported per configuration: non-padding tokens/s over the steps after the first (--warmup), padding share,
 peak RSS of its process (on a GPU also peak GPU memory allocated), achieved GFLOP/s and MFU against a
-matmul peak measured here (2048^3 on a CPU, 8192^3 on a GPU, in the precision the configuration computes in), and the validation loss on the answer tokens of 64 held-out
-examples after the pass (the same function for every model). FLOPs count the work the step needs, not
-what a trainer spends: linear layers on every real token, causal attention within each example, the LM
-head on the answer tokens only; forward + backward to the inputs for LoRA (plus the adapters' own),
-forward + full backward for full fine-tuning. Writes benchmarks/results/train_speed.{json,md}.
+matmul peak measured here (2048^3 on a CPU, 8192^3 on a GPU, in the precision the configuration computes
+in), and the validation loss on the answer tokens of 64 held-out examples after the pass (the same
+function for every model). FLOPs count the work the step needs, not what a trainer spends: linear layers
+on every real token, causal attention within each example, the LM head on the answer tokens only; forward
++ backward to the inputs for LoRA (plus the adapters' own), forward + full backward for full fine-tuning.
+Writes benchmarks/results/train_speed.{json,md}.
 
 On a machine with a CUDA GPU everything runs there (TRL without use_cpu, bf16 autocast by default);
 the issue's GPU run is the bundled model at 2,048-token context:
@@ -338,7 +339,8 @@ def _table(rows: list[dict], peaks: dict, args) -> str:
 
     for r in rows:
         lines.append(f"| {r['method']} | {r['name']} | {r['precision']} | {r['tokens_per_s']} | "
-                     f"{ratio(r, 'trl', 'tokens_per_s', '{:.1f}x')} | {ratio(r, 'trl fp32', 'tokens_per_s', '{:.1f}x')} | "
+                     f"{ratio(r, 'trl', 'tokens_per_s', '{:.1f}x')} | "
+                     f"{ratio(r, 'trl fp32', 'tokens_per_s', '{:.1f}x')} | "
                      f"{r['padding_share']:.0%} | {r['s_per_step']} | {r['peak_gib']} | "
                      f"{ratio(r, 'trl', 'peak_gib', '{:.2f}x')} | {ratio(r, 'trl fp32', 'peak_gib', '{:.2f}x')} | "
                      f"{r['gflop_s']} | {r['mfu']:.0%} | {r['val_loss']} |")
