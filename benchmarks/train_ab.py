@@ -52,7 +52,7 @@ def main() -> None:
         for copy in range(args.copies):
             setup = plan_training(recipe)  # one Setup per model: load_trainee fills and returns setup.trainee
             models.append({"name": name, "copy": copy + 1, "setup": setup, "trainee": load_trainee(setup),
-                           "times": [], "loss": None})
+                           "times": []})
     steps = [list(range(s * 8, (s + 1) * 8)) for s in range(args.warmup + args.steps)]
     for s, indices in enumerate(steps):
         for m in models:
@@ -71,14 +71,13 @@ def main() -> None:
 
 
 def _table(models: list[dict], tokens: float, args) -> str:
-    median = {id(m): statistics.median(m["times"]) for m in models}
-    baseline = statistics.mean(median[id(m)] for m in models if m["name"] == "baseline")
+    baseline = statistics.mean(statistics.median(m["times"]) for m in models if m["name"] == "baseline")
     lines = [f"{args.method}, {args.data} data, {args.steps} timed steps of ~{tokens:.0f} tokens after {args.warmup}, "
              f"models alternating step by step\n",
              "| configuration | model | s/step (median) | tokens/s | vs baseline | loss at the last step |",
              "|---|---|---|---|---|---|"]
     for m in models:
-        t = median[id(m)]
+        t = statistics.median(m["times"])
         lines.append(f"| {m['name']} | {m['copy']} | {t:.3f} | {tokens / t:.1f} | {baseline / t:.3f}x | "
                      f"{m['loss']:.4f} |")
     return "\n".join(lines)
