@@ -17,7 +17,7 @@ import statistics
 import sys
 import time
 
-from train_speed import RESULTS, benchmark_data
+from train_speed import LONG_SHARE, RESULTS, benchmark_data
 
 from tuneforge.errors import UserError
 from tuneforge.recipe import validate_recipe
@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], dest="variants", metavar="KEY=VALUE[;KEY=VALUE]",
                         help="a variant: recipe overrides, e.g. train.compile=true; repeatable")
     parser.add_argument("--method", default="lora", help="lora or full (default lora)")
-    parser.add_argument("--data", choices=["short", "long"], default="short",
+    parser.add_argument("--data", choices=list(LONG_SHARE), default="short",
                         help="as in train_speed.py (default short)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per model (default 10)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2; compile needs 2)")
