@@ -240,8 +240,10 @@ class TrainSection(Section):
     """`auto` uses bf16 autocast on GPUs and CPUs with bf16 instructions, fp32 otherwise."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: much less memory, about a third more compute."""
-    compile: bool = False
-    """torch.compile each transformer block (pays back on long runs; the first steps are slow)."""
+    compile: Literal["auto"] | bool = "auto"
+    """torch.compile each transformer block: about +8% tokens/s for LoRA, +3% for full fine-tuning on a
+    CPU, for about a minute of compiling. `auto` compiles when the run is long enough to pay that back
+    and keeps it only if the compiled steps are measured faster; true always, false never."""
     threads: int | None = Field(None, ge=1)
     """CPU threads for torch; empty means the number of physical cores."""
     distributed: Literal["ddp", "fsdp"] = "ddp"

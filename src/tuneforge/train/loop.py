@@ -13,6 +13,7 @@ from tuneforge.data.batches import collate, collate_packed, micro_batches, packe
 from tuneforge.data.tokenize import Encoded
 from tuneforge.recipe import Recipe
 from tuneforge.train.checkpoint import LoopState, positions, save_checkpoint
+from tuneforge.train.compile import AutoCompile
 from tuneforge.train.distributed import Dist, full_state, load_full_state, share_batches
 from tuneforge.train.hardware import autocast
 from tuneforge.train.loss import LossModel, evaluate_loss
@@ -37,6 +38,7 @@ class Trainee:
     precision: str
     dist: Dist
     unfreezer: Unfreezer | None = None
+    compiler: AutoCompile | None = None
 
     def autocast(self):
         return autocast(self.device, self.precision)
@@ -55,8 +57,12 @@ def fit(t: Trainee, train: list[Encoded], val: list[Encoded], recipe: Recipe, pl
     for indices in ([] if done else positions(state, len(train), cfg.global_batch_size, recipe.seed)):
         if t.unfreezer is not None and t.unfreezer.update(state.step):
             bar.write(f"step {state.step}: training the last {t.unfreezer.active} of {len(t.unfreezer.blocks)} blocks")
+        started = time.perf_counter()
         loss, tokens, grad_norm = train_step(t, train, indices, plan, recipe)
         state.step += 1
+        if t.compiler is not None:
+            _auto_compile(t.compiler, state.step, time.perf_counter() - started, tokens,
+                          plan.total_steps - state.step, trackers, bar)
         state.step_in_epoch += 1
         state.tokens_seen += tokens
         window.add(loss, tokens)
@@ -123,6 +129,15 @@ def _gradient_sync(module, sync: bool):
     if hasattr(module, "set_requires_gradient_sync"):  # FSDP2
         module.set_requires_gradient_sync(sync)
     return contextlib.nullcontext()
+
+
+def _auto_compile(compiler: AutoCompile, step: int, seconds: float, tokens: int, remaining: int, trackers,
+                  bar) -> None:
+    record = compiler.after_step(step, seconds, tokens, remaining)
+    if record is not None:
+        bar.write(f"step {step}: train.compile auto: {record['reason']}")
+        if trackers:
+            trackers.log(record)
 
 
 def _validate(t: Trainee, val, recipe: Recipe, plan: TrainPlan, state: LoopState, trackers, bar, best_weights):

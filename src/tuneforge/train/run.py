@@ -5,6 +5,7 @@ checked before the run folder is created, so a bad input never leaves anything u
 torchrun / accelerate launch every process runs this; rank 0 alone writes the run folder.
 """
 
+import contextlib
 import json
 import random
 from dataclasses import asdict, dataclass
@@ -21,6 +22,7 @@ from tuneforge.models.loader import load_tokenizer, resolve_model
 from tuneforge.recipe import Recipe, load_recipe
 from tuneforge.runs.folder import create_run_dir, open_run, truncate_metrics, write_env
 from tuneforge.train.checkpoint import LoopState, list_checkpoints, load_checkpoint
+from tuneforge.train.compile import AutoCompile, compile_blocks
 from tuneforge.train.distributed import check_batch, device_for, full_state, init_distributed, shutdown, wrap
 from tuneforge.train.hardware import choose_precision
 from tuneforge.train.loop import Trainee, fit
@@ -136,10 +138,14 @@ def load_trainee(setup: Setup, lr: float | None = None) -> Trainee:
     base = t.model.get_base_model() if hasattr(t.model, "get_base_model") else t.model
     if cfg.gradient_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    blocks = transformer_blocks(t.model) if cfg.compile or cfg.distributed == "fsdp" else []
-    if cfg.compile:
-        for block in blocks:
-            block.compile(dynamic=True)
+    blocks = transformer_blocks(t.model) if cfg.compile is True or cfg.distributed == "fsdp" else []
+    if cfg.compile is True:
+        compile_blocks(blocks)
+    elif cfg.compile == "auto" and t.dist.world == 1 and recipe.method != "gradual_unfreeze":
+        # One process only: the blocks of a DDP / FSDP model are wrapped before the first step; and
+        # gradual_unfreeze changes which blocks learn, which would recompile them.
+        with contextlib.suppress(UserError):  # a model without decoder.layers stays eager
+            t.compiler = AutoCompile(transformer_blocks(t.model))
     t.loss_model = LossModel(t.model, cfg.label_smoothing)
     t.module = wrap(t.loss_model, blocks, cfg.distributed, t.dist, t.device,
                     find_unused=recipe.method == "gradual_unfreeze")
