@@ -266,7 +266,7 @@ def run_ours(job: dict) -> dict:
     steps = [list(range(s * job["batch"], (s + 1) * job["batch"])) for s in range(job["warmup"] + job["steps"])]
     counts = [(sum(len(encoded[i].input_ids) for i in indices),
                sum(b["input_ids"].numel() for b in step_batches(encoded, indices, setup.plan.micro_batch,
-                                                                 setup.recipe, t.pad_id)))
+                                                                 setup.recipe, t.pad_id, t.bucket)))
               for indices in steps]
     times = []
     for indices in steps:

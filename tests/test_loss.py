@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from conftest import arithmetic_rows
-from tuneforge.data.batches import collate, collate_packed, pack
+from tuneforge.data.batches import bucket_length, collate, collate_packed, pack
 from tuneforge.data.tokenize import encode
 from tuneforge.models.loader import load_model
 from tuneforge.train.attention import NAME
+from tuneforge.train.hardware import matmul_shapes_cached
 from tuneforge.train.loss import LossModel, evaluate_loss, example_losses
 
 
@@ -69,6 +70,41 @@ def test_packed_gradient_equals_the_padded_gradient(tiny_model, tiny_tokenizer, 
         (s / n).backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
+def test_bucket_lengths_are_few_and_waste_little():
+    """CPUs in bf16 cache a matmul kernel per shape: lengths are rounded up to 32 sizes per doubling."""
+    lengths = [bucket_length(n) for n in range(1, 4097)]
+    assert all(n <= b <= n + n / 32 for n, b in enumerate(lengths, 1))
+    assert lengths[:32] == list(range(1, 33)) and bucket_length(500) == 504 and bucket_length(1000) == 1008
+    assert len({b for b in lengths if 1024 <= b < 2048}) == 32
+    assert matmul_shapes_cached("cpu", torch.bfloat16) and not matmul_shapes_cached("cpu", torch.float32)
+    assert not matmul_shapes_cached("cuda:0", torch.bfloat16)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", NAME])
+def test_bucketed_batches_give_the_same_loss_and_gradients(tiny_model, tiny_tokenizer, attention):
+    """The padding that rounds a batch up to its bucket carries no loss and is seen by no real token:
+    packed (joined to the last example, after its tokens) and padded (masked) alike."""
+    long = {"id": "long", "messages": [{"role": "user", "content": "What is 1 plus 2? " * 4},
+                                       {"role": "assistant", "content": "3"}]}
+    rows = _rows(tiny_tokenizer, 6) + [encode(long, tiny_tokenizer, 128)]  # 65 tokens: rounded up to 66
+    for plain, bucketed in [(collate_packed([rows]), collate_packed([rows], bucket=True)),
+                            (collate(rows, tiny_tokenizer.pad_token_id),
+                             collate(rows, tiny_tokenizer.pad_token_id, bucket=True))]:
+        width = plain["input_ids"].shape[1]
+        assert bucketed["input_ids"].shape[1] == bucket_length(width) > width
+        results = []
+        for batch in (plain, bucketed):
+            model = load_model(tiny_model)
+            model.set_attn_implementation(attention)
+            s, n, _ = LossModel(model)(batch)
+            s.backward()
+            results.append((s, n, torch.cat([p.grad.flatten() for p in model.parameters()])))
+        (s0, n0, g0), (s1, n1, g1) = results
+        assert n0 == n1 == sum(r.loss_tokens for r in rows)
+        torch.testing.assert_close(s1, s0, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(g1, g0, rtol=1e-4, atol=1e-6)
 
 
 def test_best_fit_decreasing_fills_rows():

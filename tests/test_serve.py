@@ -108,6 +108,29 @@ def test_concurrent_requests_are_batched_and_answer_as_one_at_a_time(server):
     assert rows / forwards > 1.5  # several sequences per forward pass
 
 
+def test_prefill_padded_to_few_shapes_answers_the_same(server, runs, monkeypatch):
+    """On CPUs in bf16 prompts are left-padded to bucket_length (few matmul shapes, or memory grows with
+    every new prompt length): forced here in fp32, with 7 extra pad tokens, greedy answers, batched and
+    alone, and echoed prompt logprobs equal the unpadded server's."""
+    from tuneforge.serve import engine as engine_module
+
+    widths = []
+    monkeypatch.setattr(engine_module, "matmul_shapes_cached", lambda device, dtype: True)
+    monkeypatch.setattr(engine_module, "bucket_length", lambda n: widths.append(n) or n + 7)
+    app, engine, _ = build([runs["full"]], runs["tmp"] / "bucketed.sqlite", precision="fp32")
+    with Background(app) as padded:
+        client = OpenAI(base_url=padded.url + "/v1", api_key="unused", max_retries=0)
+        assert [ask(client, "full", q) for q in QUESTIONS] == [ask(server.client, "full", q) for q in QUESTIONS]
+        with ThreadPoolExecutor(len(QUESTIONS)) as pool:
+            assert list(pool.map(lambda q: ask(client, "full", q), QUESTIONS)) == \
+                [ask(server.client, "full", q) for q in QUESTIONS]
+        echo = [c.completions.create(model="full", prompt="Return the square root", max_tokens=0, echo=True,
+                                     logprobs=1).choices[0].logprobs.token_logprobs[1:] for c in (client, server.client)]
+        assert echo[0] == pytest.approx(echo[1], abs=1e-5)
+    engine.stop()
+    assert len(widths) >= len(QUESTIONS)
+
+
 def test_streaming_chat_equals_the_whole_answer_and_reports_usage(server):
     whole = server.client.chat.completions.create(model="lora-a", messages=[{"role": "user", "content": QUESTIONS[3]}],
                                                   temperature=0, max_tokens=20)

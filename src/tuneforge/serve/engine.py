@@ -16,7 +16,9 @@ from typing import Callable
 
 import torch
 
+from tuneforge.data.batches import bucket_length
 from tuneforge.serve.models import ModelPool
+from tuneforge.train.hardware import compute_dtype, matmul_shapes_cached
 
 
 @dataclass
@@ -264,6 +266,9 @@ class Batch:
 
         rows = [Row(job, i, prompt, tokenizer) for job in jobs for i, prompt in enumerate(job.prompts)]
         width = max(len(r.prompt) for r in rows)
+        if matmul_shapes_cached(model.device.type, compute_dtype(model, model.device.type)):
+            # few prefill shapes, or a server's memory grows with every new prompt length (bucket_length)
+            width = max(width, min(bucket_length(width), max_context))
         pad = tokenizer.pad_token_id or 0
         ids = torch.tensor([[pad] * (width - len(r.prompt)) + r.prompt for r in rows])
         mask = torch.tensor([[0] * (width - len(r.prompt)) + [1] * len(r.prompt) for r in rows])

@@ -15,7 +15,10 @@ here in PyTorch because Liger's is Triton (GPU only). Training steps are as fast
 
 import torch
 
+from tuneforge.train.hardware import matmul_shapes_cached
+
 CHUNK_BYTES = 32 * 2**20  # fp32 logits per chunk; >= 64 tokens a chunk keeps the head's matmul efficient
+ROWS_MULTIPLE = 16  # where matmul shapes are cached: up to 15 rows of zeros, ~0.4% of a short LoRA step
 
 
 def head_cross_entropy(hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor,
@@ -42,6 +45,7 @@ class _HeadCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, smoothing: float, dtype, chunk: int, correct, wants):
         # wants: which of hidden, weight, bias need a gradient (forward itself runs without grad mode)
+        rows_multiple = ROWS_MULTIPLE if matmul_shapes_cached(hidden.device.type, dtype) else 1
         with torch.autocast(hidden.device.type, enabled=False):
             w = weight.to(dtype)
             b = None if bias is None else bias.to(dtype)
@@ -49,9 +53,12 @@ class _HeadCrossEntropy(torch.autograd.Function):
             d_weight = d_bias = None
             total = torch.zeros((), dtype=torch.float32, device=hidden.device)
             for start in range(0, hidden.shape[0], chunk):
-                h = hidden[start:start + chunk].to(dtype)
                 t = targets[start:start + chunk]
-                logits = torch.nn.functional.linear(h, w, b).float()
+                n = len(t)
+                # the last chunk padded with zero rows to a multiple of ROWS_MULTIPLE (few matmul shapes)
+                h = torch.nn.functional.pad(hidden[start:start + n].to(dtype), (0, 0, 0, -n % rows_multiple))
+                padded = torch.nn.functional.linear(h, w, b).float()
+                logits = padded[:n]
                 if correct is not None:
                     correct += (logits.argmax(-1) == t).sum()
                 lse = logits.logsumexp(-1)
@@ -61,13 +68,14 @@ class _HeadCrossEntropy(torch.autograd.Function):
                 total += nll.sum()
                 if not any(wants):
                     continue
-                g = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
-                g[torch.arange(len(t), device=t.device), t] -= 1 - smoothing
+                logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
+                logits[torch.arange(n, device=t.device), t] -= 1 - smoothing
                 if smoothing:
-                    g -= smoothing / g.shape[1]
-                g = g.to(dtype)
+                    logits -= smoothing / logits.shape[1]
+                padded[n:] = 0  # the padding rows carry no gradient
+                g = padded.to(dtype)
                 if d_hidden is not None:
-                    d_hidden[start:start + chunk] = g @ w
+                    d_hidden[start:start + n] = (g @ w)[:n]
                 if wants[1]:  # the first chunk's product becomes the buffer: no zero-filled 4 x vocab x width bytes
                     d_weight = _accumulate(d_weight, g.t() @ h)
                 if wants[2]:

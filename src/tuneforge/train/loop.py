@@ -15,7 +15,7 @@ from tuneforge.recipe import Recipe
 from tuneforge.train.checkpoint import LoopState, positions, save_checkpoint
 from tuneforge.train.compile import AutoCompile
 from tuneforge.train.distributed import Dist, full_state, load_full_state, share_batches
-from tuneforge.train.hardware import autocast
+from tuneforge.train.hardware import DTYPES, autocast, matmul_shapes_cached
 from tuneforge.train.loss import LossModel, evaluate_loss
 from tuneforge.train.methods import Unfreezer
 from tuneforge.train.plan import TrainPlan
@@ -42,6 +42,11 @@ class Trainee:
 
     def autocast(self):
         return autocast(self.device, self.precision)
+
+    @property
+    def bucket(self) -> bool:
+        """Pad micro-batches to few lengths (data/batches.py, bucket_length)."""
+        return matmul_shapes_cached(self.device, DTYPES[self.precision])
 
 
 def fit(t: Trainee, train: list[Encoded], val: list[Encoded], recipe: Recipe, plan: TrainPlan,
@@ -90,7 +95,7 @@ def train_step(t: Trainee, examples: list[Encoded], indices: list[int], plan: Tr
                recipe: Recipe) -> tuple[float, int, float | None]:
     """One optimizer step over a global batch; the loss is normalised over all of its loss tokens,
     so any micro-batch x accumulation x process split (and packing) gives the same gradient."""
-    batches = step_batches(examples, indices, plan.micro_batch, recipe, t.pad_id)
+    batches = step_batches(examples, indices, plan.micro_batch, recipe, t.pad_id, t.bucket)
     mine = share_batches(batches, t.dist)
     n_loss = sum(examples[i].loss_tokens for i in indices)
     total = torch.zeros(1, dtype=torch.float64)
@@ -113,13 +118,13 @@ def train_step(t: Trainee, examples: list[Encoded], indices: list[int], plan: Tr
 
 
 def step_batches(examples: list[Encoded], indices: list[int], micro_batch: int, recipe: Recipe,
-                 pad_id: int) -> list[dict[str, torch.Tensor]]:
+                 pad_id: int, bucket: bool = False) -> list[dict[str, torch.Tensor]]:
     """The step's micro-batches as tensors: padded, or packed (rows of data.max_length tokens, each
-    micro-batch's rows back to back in one row)."""
+    micro-batch's rows back to back in one row); with `bucket`, padded to few lengths."""
     if recipe.train.packing:
-        return [collate_packed(rows)
+        return [collate_packed(rows, bucket)
                 for rows in packed_micro_batches(examples, indices, micro_batch, recipe.data.max_length)]
-    return [collate(b, pad_id) for b in micro_batches(examples, indices, micro_batch)]
+    return [collate(b, pad_id, bucket=bucket) for b in micro_batches(examples, indices, micro_batch)]
 
 
 def _gradient_sync(module, sync: bool):
