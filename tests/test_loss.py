@@ -10,7 +10,7 @@ from tuneforge.data.batches import bucket_length, collate, collate_packed, pack
 from tuneforge.data.tokenize import encode
 from tuneforge.models.loader import load_model
 from tuneforge.train.attention import NAME
-from tuneforge.train.hardware import matmul_shapes_cached
+from tuneforge.train.hardware import matmul_shapes_cached, shapes_cached_now
 from tuneforge.train.loss import LossModel, evaluate_loss, example_losses
 
 
@@ -80,6 +80,10 @@ def test_bucket_lengths_are_few_and_waste_little():
     assert len({b for b in lengths if 1024 <= b < 2048}) == 32
     assert matmul_shapes_cached("cpu", torch.bfloat16) and not matmul_shapes_cached("cpu", torch.float32)
     assert not matmul_shapes_cached("cuda:0", torch.bfloat16)
+    layer = torch.nn.Linear(4, 4)  # fp32 weights: padded only under bf16 autocast, or stored in bf16
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert shapes_cached_now(layer, "cpu")
+    assert not shapes_cached_now(layer, "cpu") and shapes_cached_now(layer.to(torch.bfloat16), "cpu")
 
 
 @pytest.mark.parametrize("attention", ["sdpa", NAME])

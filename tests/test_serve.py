@@ -115,7 +115,7 @@ def test_prefill_padded_to_few_shapes_answers_the_same(server, runs, monkeypatch
     from tuneforge.serve import engine as engine_module
 
     widths = []
-    monkeypatch.setattr(engine_module, "matmul_shapes_cached", lambda device, dtype: True)
+    monkeypatch.setattr(engine_module, "shapes_cached_now", lambda model, device: True)
     monkeypatch.setattr(engine_module, "bucket_length", lambda n: widths.append(n) or n + 7)
     app, engine, _ = build([runs["full"]], runs["tmp"] / "bucketed.sqlite", precision="fp32")
     with Background(app) as padded:

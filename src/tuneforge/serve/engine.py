@@ -18,7 +18,7 @@ import torch
 
 from tuneforge.data.batches import bucket_length
 from tuneforge.serve.models import ModelPool
-from tuneforge.train.hardware import compute_dtype, matmul_shapes_cached
+from tuneforge.train.hardware import shapes_cached_now
 
 
 @dataclass
@@ -266,7 +266,7 @@ class Batch:
 
         rows = [Row(job, i, prompt, tokenizer) for job in jobs for i, prompt in enumerate(job.prompts)]
         width = max(len(r.prompt) for r in rows)
-        if matmul_shapes_cached(model.device.type, compute_dtype(model, model.device.type)):
+        if shapes_cached_now(model, model.device.type):
             # few prefill shapes, or a server's memory grows with every new prompt length (bucket_length)
             width = max(width, min(bucket_length(width), max_context))
         pad = tokenizer.pad_token_id or 0

@@ -48,7 +48,9 @@ def matmul_shapes_cached(device: str, dtype: torch.dtype) -> bool:
     return device.split(":")[0] == "cpu" and dtype != torch.float32
 
 
-def compute_dtype(model: torch.nn.Module, device: str) -> torch.dtype:
-    """The dtype the model's matmuls run in here and now: autocast's when it is on, else the weights'."""
+def shapes_cached_now(model: torch.nn.Module, device: str) -> bool:
+    """matmul_shapes_cached for the dtype the model's matmuls run in here and now (autocast's when it is
+    on, else the weights'): whether its inputs should be padded to few shapes (data/batches.py)."""
     kind = device.split(":")[0]
-    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else next(model.parameters()).dtype
+    dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else next(model.parameters()).dtype
+    return matmul_shapes_cached(kind, dtype)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from tuneforge.data.batches import collate, collate_packed, pack, to_device
 from tuneforge.data.tokenize import IGNORE
-from tuneforge.train.hardware import compute_dtype, matmul_shapes_cached
+from tuneforge.train.hardware import shapes_cached_now
 from tuneforge.train.head_loss import head_cross_entropy
 
 
@@ -117,7 +117,7 @@ def evaluate_loss(loss_model: LossModel, examples: list, micro_batch: int, pad_i
     ordered = sorted(examples, key=lambda e: len(e.input_ids))
     batches = [ordered[i:i + micro_batch] for i in range(0, len(ordered), micro_batch)]
     with autocast():
-        bucket = matmul_shapes_cached(device, compute_dtype(loss_model, device))
+        bucket = shapes_cached_now(loss_model, device)
     for rows, weight in share_batches(batches, d):
         batch = to_device(collate(rows, pad_id, bucket=bucket), device)
         with autocast():
@@ -154,7 +154,7 @@ def example_losses(model, examples: list, device: str, tokens_per_batch: int = 2
         per_batch = max(1, tokens_per_batch // max(longest, 1))
         batches = [ordered[i:i + per_batch] for i in range(0, len(ordered), per_batch)]
     with autocast():
-        bucket = matmul_shapes_cached(device, compute_dtype(model, device))
+        bucket = shapes_cached_now(model, device)
     for chosen in batches:
         batch = to_device(collate_packed([chosen], bucket) if packed else collate(chosen, pad_id, bucket=bucket),
                           device)
