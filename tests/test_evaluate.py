@@ -1,11 +1,13 @@
 import json
 import math
 
+import numpy as np
 import pytest
 
 from tuneforge.errors import UserError
 from tuneforge.evaluate.metrics import (METRICS, bleu, corpus_score, distinct, example_scores, paired_bootstrap,
-                                        perplexity_interval, repetition, summarize, token_f1)
+                                        perplexity_interval, repetition, resampled_corpus_scores, summarize,
+                                        token_f1)
 from tuneforge.evaluate.run import evaluate_run
 from tuneforge.train.run import train
 
@@ -32,6 +34,17 @@ def test_text_metrics_equal_the_libraries_called_directly():
     assert corpus_score("bleu", PREDICTIONS, REFERENCES) == sacrebleu.corpus_bleu(PREDICTIONS, [REFERENCES]).score
     assert corpus_score("chrf", PREDICTIONS, REFERENCES) == sacrebleu.corpus_chrf(PREDICTIONS, [REFERENCES]).score
     assert bleu([""], ["Return the square root of x."]) == 0.0
+
+
+def test_resampled_corpus_scores_equal_scoring_each_resample():
+    """BLEU and chrF of a bootstrap resample, from the examples' summed statistics, equal sacrebleu's
+    score of the resampled strings (repeated examples, empty answers and references included)."""
+    picks = np.random.default_rng(0).integers(0, len(PREDICTIONS), size=(20, len(PREDICTIONS)))
+    for name in ("bleu", "chrf"):
+        fast = resampled_corpus_scores(name, PREDICTIONS, REFERENCES, picks)
+        slow = [corpus_score(name, [PREDICTIONS[i] for i in row], [REFERENCES[i] for i in row]) for row in picks]
+        assert fast.tolist() == pytest.approx(slow, abs=1e-9), name
+        assert len(set(slow)) > 3, name  # the resamples differ, so the comparison means something
 
 
 def test_exact_match_token_f1_repetition_distinct():

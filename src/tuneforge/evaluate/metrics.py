@@ -68,6 +68,18 @@ def corpus_score(name: str, predictions: list[str], references: list[str]) -> fl
     return distinct(predictions, int(name.rsplit("_", 1)[1]))
 
 
+def resampled_corpus_scores(name: str, predictions: list[str], references: list[str],
+                            picks: np.ndarray) -> np.ndarray:
+    """BLEU or chrF of each resample (a row of example indices in `picks`), equal to corpus_score on the
+    resampled lists. The examples' n-gram statistics are extracted once and each resample's score comes
+    from their sum, as sacrebleu's own bootstrap does (significance._bootstrap_resample): re-scoring
+    every resample from its strings took 57 s of the demo's 2.8-minute evaluation (40 answers, 1,000
+    resamples, two metrics, two models)."""
+    metric = sacrebleu.BLEU() if name == "bleu" else sacrebleu.CHRF()
+    stats = np.asarray(metric._extract_corpus_statistics(predictions, [references]), dtype=np.int64)
+    return np.asarray([metric._compute_score_from_stats(stats[row].sum(axis=0)).score for row in picks])
+
+
 def token_f1(prediction: str, reference: str) -> float:
     """SQuAD token F1, 0-100: overlap of normalised words; 0 when either side is empty."""
     pred, ref = _normalize(prediction).split(), _normalize(reference).split()
@@ -109,8 +121,7 @@ def summarize(predictions: list[str], references: list[str], scores: dict[str, l
             # percentile interval exists, so none is given.
             out[name] = {"value": round(value, 3), "low": None, "high": None}
             continue
-        resampled = [corpus_score(name, [predictions[i] for i in row], [references[i] for i in row]) for row in picks]
-        out[name] = _with_interval(value, np.asarray(resampled))
+        out[name] = _with_interval(value, resampled_corpus_scores(name, predictions, references, picks))
     return out
 
 
