@@ -11,6 +11,7 @@ from tuneforge.inference.run_models import for_inference
 from tuneforge.models.loader import load_model, load_tokenizer, resolve_model
 from tuneforge.recipe import ADAPTER_METHODS, load_recipe
 from tuneforge.runs.folder import open_run
+from tuneforge.train import attention
 from tuneforge.train.hardware import autocast, choose_precision, detect_device
 
 
@@ -56,13 +57,13 @@ class ModelPool:
         adapters = [p for p in runs if recipes[p].method in ADAPTER_METHODS]
         for run_dir in runs:
             if run_dir not in adapters:
-                model = load_model(run_dir / "model", torch.float32, self.device, attn_implementation="sdpa")
+                model = load_model(run_dir / "model", torch.float32, self.device, attn_implementation=attention.NAME)
                 self._add(run_dir.name, run_dir, base, recipes[run_dir].method, model, None, run_dir / "model")
         if not adapters:
             return
         from peft import PeftModel
 
-        shared = load_model(resolve_model(base), torch.float32, self.device, attn_implementation="sdpa")
+        shared = load_model(resolve_model(base), torch.float32, self.device, attn_implementation=attention.NAME)
         model = PeftModel.from_pretrained(shared, adapters[0] / "model", adapter_name=adapters[0].name)
         for run_dir in adapters[1:]:
             model.load_adapter(run_dir / "model", adapter_name=run_dir.name)

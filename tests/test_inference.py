@@ -1,0 +1,50 @@
+"""Inference in half precision: the output head stored in the compute dtype, and attention on CPUs in
+fp32, give the logits autocast would, without its per-forward casts."""
+
+import torch
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+from tuneforge.inference.run_models import _strides_that_fold, for_inference
+from tuneforge.models.loader import load_model
+from tuneforge.train import attention
+
+
+def _load(folder):
+    return load_model(folder, torch.float32, "cpu", attn_implementation=attention.NAME)
+
+
+def test_half_inference_keeps_autocast_logits_and_the_fp32_embeddings(tiny_model):
+    reference, model = _load(tiny_model), _load(tiny_model)
+    for_inference(model, "bf16")
+    head, embeddings = model.get_output_embeddings(), model.get_input_embeddings()
+    assert head.weight.dtype == torch.bfloat16 and embeddings.weight.dtype == torch.float32  # untied, not converted
+    assert reference.get_output_embeddings().weight is reference.get_input_embeddings().weight
+    ids = torch.randint(3, 300, (2, 11))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(model(input_ids=ids).logits, reference(input_ids=ids).logits)
+        # one prompt's last position, as generate's prefill asks (the slice the hook copies)
+        last = model(input_ids=ids[:1], logits_to_keep=1).logits
+        assert torch.allclose(last.float(), reference(input_ids=ids[:1]).logits[:, -1:].float(), atol=1e-2)
+
+
+def test_the_head_input_gets_strides_that_fold_and_keeps_its_values():
+    hidden = torch.randn(1, 40, 8)
+    sliced = hidden[:, -1:]  # stride (320, 8, 1): torch's matmul would not fold it into one mm
+    (copied,) = _strides_that_fold(None, (sliced,))
+    assert copied.stride() == (8, 8, 1) and torch.equal(copied, sliced)
+    assert _strides_that_fold(None, (hidden,)) is None  # plain strides: untouched, no copy
+
+
+def test_attention_with_a_mask_runs_in_fp32_on_cpu(tiny_model):
+    """A padded batch (or a decode step over a KV cache) under bf16 autocast: the scores are those of fp32
+    SDPA on the same bf16 inputs, not of bf16 SDPA."""
+    module = _load(tiny_model).model.layers[0].self_attn
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, heads, 6, 8).bfloat16() for heads in (4, 2, 2))
+    mask = torch.ones(2, 1, 6, 6, dtype=torch.bool).tril()
+    mask[1, :, :, :2] = False  # row 1 left-padded by two tokens
+    mask[1, :, :2, :2] = True  # (its padding rows see themselves, as transformers' masks do)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = attention.packed_attention(module, q, k, v, mask)
+    expected, _ = sdpa_attention_forward(module, q.float(), k.float(), v.float(), mask)
+    assert out.dtype == torch.bfloat16 and torch.equal(out, expected.bfloat16())
