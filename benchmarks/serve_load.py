@@ -29,8 +29,9 @@ def questions(run_dir: Path, count: int) -> list[list[dict]]:
     return (prompts * (count // max(len(prompts), 1) + 1))[:count]
 
 
-def start_server(run_dir: Path, port: int, db: Path, model: str | None) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "tuneforge", "serve", str(run_dir), "--port", str(port), "--db", str(db)]
+def start_server(run_dir: Path, port: int, db: Path, precision: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "tuneforge", "serve", str(run_dir), "--port", str(port), "--db", str(db),
+           "--precision", precision]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 180
     while time.time() < deadline:
@@ -75,6 +76,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--precision", default="auto", help="passed to tuneforge serve (auto, bf16, fp32)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
     if not (args.run / "model").is_dir():
@@ -83,7 +85,7 @@ def main() -> None:
     db = args.out / "serve_load.sqlite"
     args.out.mkdir(parents=True, exist_ok=True)
     db.unlink(missing_ok=True)
-    server = start_server(args.run, args.port, db, model)
+    server = start_server(args.run, args.port, db, args.precision)
     try:
         client = OpenAI(base_url=f"http://127.0.0.1:{args.port}/v1", api_key="unused", max_retries=0, timeout=600)
         run_requests(client, model, questions(args.run, 2), 1, 8)  # warm-up
@@ -101,7 +103,7 @@ def main() -> None:
         table.append(f"| {name} | {r['clients']} | {r['requests']} | {r['errors']} | {r['output_tokens']} | {r['seconds']} "
                      f"| {r['tokens_per_s']} | {r['tokens_per_s'] / one['tokens_per_s']:.2f}x | {r['p50_latency_s']} "
                      f"| {r['p95_latency_s']} |")
-    header = (f"tuneforge serve {args.run} (model {model}), greedy, max_tokens {args.max_tokens}; "
+    header = (f"tuneforge serve {args.run} (model {model}, precision {args.precision}), greedy, max_tokens {args.max_tokens}; "
               f"{os.cpu_count()} CPUs")
     print(header + "\n\n" + "\n".join(table))
     for name, r in rows:

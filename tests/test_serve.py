@@ -19,12 +19,13 @@ from openai import OpenAI
 
 from conftest import arithmetic_rows, headless_chromium, needs_chromium, tiny_run_recipe, write_jsonl
 from tuneforge.cli.main import main
+from tuneforge.errors import UserError
 from tuneforge.inference.run_models import RunModels
 from tuneforge.inference.session import ChatSession
 from tuneforge.recipe import validate_recipe
 from tuneforge.serve.app import Limits
 from tuneforge.serve.feedback import export_feedback
-from tuneforge.serve.server import Background, build
+from tuneforge.serve.server import Background, _check_port, build
 from tuneforge.train.run import train
 
 QUESTIONS = ["What is the sum of two numbers?", "Return the square root of x.", "What is 3 + 4?",
@@ -311,7 +312,25 @@ def test_serve_command_with_an_api_key_from_the_environment(runs, tiny_model, tm
         assert busy.returncode == 2 and f"127.0.0.1:{port}" in busy.stderr and "--port" in busy.stderr
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        code = proc.wait(timeout=30)
+    assert code == 0, proc.stdout.read()  # SIGTERM: a clean shutdown (uvicorn in a thread, the engine in the main one)
+
+
+def test_a_port_a_stopped_server_just_left_is_free():
+    """Restarting right after a stop: the server side that closed first keeps the port in TIME_WAIT for a
+    minute, which uvicorn binds over; the port check must too (and still refuse a listening port)."""
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn's
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = listener.accept()
+        accepted.close()  # the server closes first: its end of the connection waits in TIME_WAIT
+        client.close()
+        with pytest.raises(UserError, match="another server may be using it"):
+            _check_port("127.0.0.1", port)
+    _check_port("127.0.0.1", port)
 
 
 def test_serve_refuses_folders_that_are_not_servable(runs, tmp_path, capsys):

@@ -1,6 +1,7 @@
 """`tuneforge serve RUN [RUN ...]`: load the runs, start the engine, run uvicorn."""
 
 import os
+import signal
 import socket
 import threading
 from pathlib import Path
@@ -15,11 +16,14 @@ API_KEY_ENV = "TUNEFORGE_API_KEY"
 
 
 def build(run_dirs: list[Path], db: Path, api_key: str | None = None, precision: str = "auto",
-          limits: Limits = Limits(), max_batch: int = 16):
-    """(app, engine, store) ready to hand to any ASGI server; the engine thread is running."""
+          limits: Limits = Limits(), max_batch: int = 16, start: bool = True):
+    """(app, engine, store) ready to hand to any ASGI server; the engine thread is running unless `start`
+    is False (then the caller runs it: Engine.run)."""
     pool = ModelPool(run_dirs, precision)
     store = Store(db)
-    engine = Engine(pool, max_batch).start()
+    engine = Engine(pool, max_batch)
+    if start:
+        engine.start()
     return create_app(pool, engine, store, api_key, limits), engine, store
 
 
@@ -30,7 +34,7 @@ def serve(run_dirs: list[Path], host: str, port: int, db: Path | None, api_key: 
     api_key = api_key or os.environ.get(API_KEY_ENV) or None
     _check_port(host, port)
     db = db or run_dirs[0].parent / "requests.sqlite"
-    app, engine, store = build(run_dirs, db, api_key, precision, limits, max_batch)
+    app, engine, store = build(run_dirs, db, api_key, precision, limits, max_batch, start=False)
     names = ", ".join(app.state.pool.served)
     where = f"http://{host}:{port}"
     print(f"Serving {names} at {where}/v1 (OpenAI-compatible); playground: {where}/ ; request log: {db}"
@@ -38,15 +42,37 @@ def serve(run_dirs: list[Path], host: str, port: int, db: Path | None, api_key: 
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         print(f"warning: {host} is reachable from other machines and no API key is set "
               f"(--api-key or {API_KEY_ENV}).", flush=True)
+    # uvicorn in a thread and the engine in the main one (Engine.run says why). Ctrl-C or SIGTERM stops
+    # uvicorn, which lets the requests in flight finish, and its end stops the engine.
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+
+    def http() -> None:
+        try:
+            server.run()
+        finally:
+            engine.stop()
+
+    def shut_down(*_) -> None:  # as uvicorn does in the main thread: a second signal stops at once
+        server.force_exit = server.should_exit
+        server.should_exit = True
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, shut_down)
+    thread = threading.Thread(target=http, name="tuneforge-http")
+    thread.start()
     try:
-        uvicorn.run(app, host=host, port=port, log_level="warning")
+        engine.run()
     finally:
-        engine.stop()
+        thread.join()
         store.close()
+    if not server.started:
+        raise UserError(f"the server could not start on {host}:{port} (the error is above).")
 
 
 def _check_port(host: str, port: int) -> None:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        # as uvicorn binds: a port a stopped server just left (TIME_WAIT) is free, one listening is not
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError as e:
