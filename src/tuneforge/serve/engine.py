@@ -75,7 +75,7 @@ class Engine:
         self._work()
 
     def stop(self) -> None:
-        """From any thread: the worker finishes the forward pass in progress and ends."""
+        """From any thread: the worker ends once the requests it is decoding are done."""
         self._stopped.set()
         self._queue.put(None)  # type: ignore[arg-type]
         if self._thread.is_alive() and self._thread is not threading.current_thread():
