@@ -78,7 +78,7 @@ class Engine:
         """From any thread: the worker ends once the requests it is decoding are done."""
         self._stopped.set()
         self._queue.put(None)  # type: ignore[arg-type]
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
+        if self._thread.is_alive():  # not when the caller ran it (Engine.run)
             self._thread.join(timeout=30)
 
     def submit(self, job: Job) -> None:
