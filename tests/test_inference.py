@@ -1,9 +1,12 @@
 """Inference in half precision: the output head stored in the compute dtype, and attention on CPUs in
-fp32, give the logits autocast would, without its per-forward casts."""
+fp32, give the logits autocast would, without its per-forward casts. The KV cache that appends in place
+gives the tokens transformers' own cache does."""
 
 import torch
+from transformers import DynamicCache, GenerationConfig
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+from tuneforge.inference.kv_cache import GrowingLayer, growing_cache
 from tuneforge.inference.run_models import _strides_that_fold, for_inference
 from tuneforge.models.loader import load_model
 from tuneforge.train import attention
@@ -48,3 +51,48 @@ def test_attention_with_a_mask_runs_in_fp32_on_cpu(tiny_model):
         out, _ = attention.packed_attention(module, q, k, v, mask)
     expected, _ = sdpa_attention_forward(module, q.float(), k.float(), v.float(), mask)
     assert out.dtype == torch.bfloat16 and torch.equal(out, expected.bfloat16())
+
+
+def test_growing_cache_generates_what_transformers_cache_does(tiny_model):
+    model = _load(tiny_model)
+    for_inference(model, "fp32")
+    ids = torch.randint(3, 300, (2, 9))
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0  # row 1 left-padded
+    config = GenerationConfig(max_new_tokens=80, do_sample=False, eos_token_id=None, pad_token_id=0)
+    with torch.no_grad():
+        expected = model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
+                                  past_key_values=DynamicCache(config=model.config))
+        cache = growing_cache(model)
+        got = model.generate(input_ids=ids, attention_mask=mask, generation_config=config, past_key_values=cache)
+    assert torch.equal(got, expected)
+    assert all(type(layer) is GrowingLayer for layer in cache.layers)
+    assert cache.get_seq_length() == 9 + 80 - 1  # the last token is returned, never fed back
+
+
+def _reference_append(layer, reference, new):
+    keys, _ = layer.update(new, -new)
+    reference = torch.cat([reference, new], dim=2)
+    assert torch.equal(keys, reference) and torch.equal(layer.values, -reference)
+    return reference
+
+
+def test_growing_layer_writes_in_place_and_takes_over_tensors_assigned_to_it():
+    layer = GrowingLayer()
+    reference = torch.randn(3, 2, 5, 4)
+    layer.update(reference, -reference)
+    buffer = layer.keys.data_ptr()
+    for _ in range(60):  # within the room the first update left (5 + 64): no new buffer, no copy
+        reference = _reference_append(layer, reference, torch.randn(3, 2, 1, 4))
+        assert layer.keys.data_ptr() == buffer and layer.keys.shape[2] == reference.shape[2]
+    for _ in range(20):  # past it: a larger buffer, the positions so far copied over once
+        reference = _reference_append(layer, reference, torch.randn(3, 2, 1, 4))
+    assert layer.keys.data_ptr() != buffer
+    # what the serving engine does between steps: drop finished rows, trim common left padding, merge
+    layer.batch_select_indices(torch.tensor([0, 2]))
+    reference = reference[[0, 2]]
+    reference = _reference_append(layer, reference, torch.randn(2, 2, 1, 4))
+    layer.keys, layer.values = layer.keys[:, :, 7:], layer.values[:, :, 7:]
+    reference = _reference_append(layer, reference[:, :, 7:], torch.randn(2, 2, 1, 4))
+    layer.keys, layer.values = torch.cat([layer.keys, layer.keys]), torch.cat([layer.values, layer.values])
+    _reference_append(layer, torch.cat([reference, reference]), torch.randn(4, 2, 3, 4))

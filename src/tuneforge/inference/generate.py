@@ -5,6 +5,8 @@ import torch
 from tqdm import tqdm
 from transformers import GenerationConfig
 
+from tuneforge.inference.kv_cache import growing_cache
+
 
 @torch.no_grad()
 def generate_batch(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int,
@@ -21,7 +23,7 @@ def generate_batch(model, tokenizer, prompts: list[str], max_new_tokens: int, ba
         chunk = order[start:start + batch_size]
         enc = tokenizer([prompts[i] for i in chunk], return_tensors="pt", padding=True,
                         add_special_tokens=False).to(device)
-        out = model.generate(**enc, generation_config=config)
+        out = model.generate(**enc, generation_config=config, past_key_values=growing_cache(model))
         for i, row in zip(chunk, out[:, enc["input_ids"].shape[1]:]):
             outputs[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
     return outputs

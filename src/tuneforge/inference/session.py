@@ -7,6 +7,7 @@ import torch
 from transformers import GenerationConfig, TextStreamer
 
 from tuneforge.data.tokenize import render_prompt
+from tuneforge.inference.kv_cache import growing_cache
 from tuneforge.inference.run_models import RunModels
 
 
@@ -27,5 +28,6 @@ class ChatSession:
         streamer = TextStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True) if stream else None
         with self.models.base() if self.use_base else contextlib.nullcontext(self.models.tuned) as model:
             enc = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)
-            out = model.generate(**enc, generation_config=config, streamer=streamer)
+            out = model.generate(**enc, generation_config=config, streamer=streamer,
+                                 past_key_values=growing_cache(model))
         return self.tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()

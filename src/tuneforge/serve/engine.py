@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 
 from tuneforge.data.batches import bucket_length
+from tuneforge.inference.kv_cache import GrowingLayer, growing_cache
 from tuneforge.serve.models import ModelPool
 from tuneforge.train.hardware import shapes_cached_now
 
@@ -264,16 +265,12 @@ class Batch:
                  max_context: int):
         self.rows, self.cache, self.mask, self.positions = rows, cache, mask, positions
         self.eos_ids, self.max_context = eos_ids, max_context
-        # Rows can join a running batch only where every cache layer is a plain growing one
-        # (a sliding-window layer drops old positions, so left-padding it would shift them).
-        from transformers.cache_utils import DynamicLayer
-
-        self.mergeable = all(type(layer) is DynamicLayer for layer in cache.layers)
+        # Rows can join a running batch only where every cache layer keeps every position
+        # (a sliding-window layer drops old ones, so left-padding it would shift them).
+        self.mergeable = all(type(layer) is GrowingLayer for layer in cache.layers)
 
     @classmethod
     def prefill(cls, model, tokenizer, jobs: list[Job], eos_ids: set[int], max_context: int) -> "Batch":
-        from transformers import DynamicCache
-
         rows = [Row(job, i, prompt, tokenizer) for job in jobs for i, prompt in enumerate(job.prompts)]
         width = max(len(r.prompt) for r in rows)
         if shapes_cached_now(model, model.device.type):
@@ -284,7 +281,7 @@ class Batch:
         mask = torch.tensor([[0] * (width - len(r.prompt)) + [1] * len(r.prompt) for r in rows])
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         echo = any(r.job.sampling.echo for r in rows)
-        cache = DynamicCache(config=model.config)
+        cache = growing_cache(model)
         out = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
                     position_ids=positions.to(model.device), past_key_values=cache, use_cache=True,
                     logits_to_keep=0 if echo else 1)
