@@ -192,13 +192,17 @@ def test_qlora_without_bitsandbytes_says_how_to_install(tiny_recipe, tmp_path, m
 @pytest.mark.parametrize("method", ["lora", "prompt_tuning"])
 def test_adapter_bases_are_kept_in_the_autocast_dtype_with_identical_results(method, tiny_recipe, tiny_model,
                                                                               tiny_tokenizer):
-    """Under bf16 autocast the frozen linear weights are stored in bf16 (autocast would cast them on
-    every forward anyway): same logits and adapter gradients as fp32 storage, half the weight memory."""
+    """Under bf16 autocast the frozen linear weights, the output head's included, are stored in bf16
+    (autocast and the loss would cast them on every forward anyway): same loss and adapter gradients as
+    fp32 storage, half the weight memory; the embeddings the head was tied to stay fp32."""
     recipe = tiny_recipe(method=method, prompt_tuning={"virtual_tokens": 4, "init_text": None})
     half, plain = (load_for_method(tiny_model, recipe, "cpu", precision) for precision in ("bf16", "fp32"))
+    assert plain.get_output_embeddings().weight is plain.get_input_embeddings().weight  # tied
     for name, p in half.named_parameters():
-        frozen_linear = not p.requires_grad and name.endswith("proj.weight") or "base_layer" in name
+        frozen_linear = not p.requires_grad and name.endswith(("proj.weight", "lm_head.weight")) or "base_layer" in name
         assert p.dtype == (torch.bfloat16 if frozen_linear else torch.float32), name
+    assert half.get_output_embeddings().weight.dtype == torch.bfloat16
+    assert half.get_input_embeddings().weight.dtype == torch.float32
     batch = _batch(tiny_tokenizer)
     results = []
     for model in (half, plain):
