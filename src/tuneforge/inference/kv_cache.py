@@ -3,8 +3,9 @@ step's new key and value (torch.cat), so every decode step copies every layer's 
 each layer keeps a buffer with room to spare and writes new positions into it; `keys` / `values` are
 views of the filled part, so the rest of transformers and the serving engine read them as before.
 
-The bundled model on this CPU, 8 rows over a 400-token cache: the concatenations were 30 ms of a 70 ms
-bf16 decode step.
+The bundled model on this CPU, bf16, 8 rows (benchmarks/decode_cache.py): a decode step 1.03x as fast
+over a 100-token context, 1.18x over 400, 1.38x over 2,000, the same tokens. The buffers hold up to a
+quarter more positions than filled; DynamicLayer briefly holds two copies during each concatenation.
 """
 
 import torch
