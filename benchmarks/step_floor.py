@@ -28,11 +28,9 @@ import torch
 import torch.nn.functional as F
 from train_speed import LONG_SHARE, RESULTS, benchmark_data, matmul_peak, step_flops
 
-from tuneforge.train.hardware import choose_precision
+from tuneforge.train.hardware import DTYPES, choose_precision
 from tuneforge.train.loop import train_step
 from tuneforge.train.run import load_trainee, plan_training
-
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def main() -> None:
@@ -43,6 +41,8 @@ def main() -> None:
     parser.add_argument("--precision", choices=["auto", "fp32"], default="auto",
                         help="tuneforge's train.precision: auto (bf16 where supported) or fp32 (default auto)")
     args = parser.parse_args()
+    if torch.cuda.is_available():  # the trainer would run on the GPU while the products are timed here
+        parser.error("the floor is timed on the CPU; on a GPU machine use train_speed.py's MFU column")
     precision = choose_precision(args.precision, "cpu")
     peak = matmul_peak(DTYPES[precision])
     print(f"matmul peak {precision}: {peak:.0f} GFLOP/s ({torch.get_num_threads()} threads)", flush=True)
