@@ -71,9 +71,10 @@ def measure(method: str, args, precision: str, peak: float) -> dict:
             continue
         real.append(time.perf_counter() - started)
         examples = [encoded[i] for i in indices]
-        floors.append(step_floor(config, [len(e.input_ids) for e in examples], sum(e.loss_tokens for e in examples),
-                                 method, lora_rank, DTYPES[precision]))
-        tokens.append(sum(len(e.input_ids) for e in examples))
+        lengths = [len(e.input_ids) for e in examples]
+        floors.append(step_floor(config, lengths, sum(e.loss_tokens for e in examples), method, lora_rank,
+                                 DTYPES[precision]))
+        tokens.append(sum(lengths))
         flops.append(step_flops(examples, method, config, setup.shape.trainable_params if method != "full" else 0))
         print(f"{method} step {s}/{args.steps}: real {real[-1]:.3f} s, floor {sum(floors[-1].values()):.3f} s", flush=True)
     parts = {k: statistics.median(f[k] for f in floors) for k in floors[0]}
