@@ -309,9 +309,13 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise UserError(f"{where}: not valid YAML ({getattr(e, 'problem', e)}). Fix the syntax at that line.") from None
-    raw = {} if raw is None else raw
+    if raw is None or raw == {}:
+        raise UserError(f"{path}: the recipe is empty (no keys, only comments or blank lines). A recipe names at "
+                        "least what to train on, for instance `name: my-run` and `data: {sources: [my-data.jsonl]}`; "
+                        "start from one in recipes/ (recipes/own-data.yaml for your own data).")
     if not isinstance(raw, dict):
-        raise UserError(f"{path}: a recipe is a YAML mapping of keys (name:, model:, data:, ...), got {type(raw).__name__}.")
+        raise UserError(f"{path}: a recipe is a YAML mapping of keys (name:, model:, data:, train:, ...), not a "
+                        f"{type(raw).__name__}; start from one in recipes/, for instance recipes/own-data.yaml.")
     return validate_recipe(raw, source=str(path), lines=lines, overrides=overrides)
 
 

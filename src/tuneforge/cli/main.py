@@ -170,6 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--max-tokens-limit", type=int, default=2048, help="most tokens a request may ask to generate")
     p.add_argument("--max-batch", type=int, default=16, help="most sequences decoded together (default 16)")
+    p.add_argument("--max-queue", type=int, default=256,
+                   help="most requests waiting to start; more are answered 429 with Retry-After (default 256)")
+    p.add_argument("--request-timeout", type=float, default=600, metavar="SECONDS",
+                   help="a request not finished this long after it arrived is ended with a 504 (default 600)")
 
     fb = command("feedback", "Turn feedback collected by `tuneforge serve` into training data.")
     fb_sub = fb.add_subparsers(dest="feedback_command", metavar="SUBCOMMAND", required=True)
@@ -274,10 +278,13 @@ def _run(args) -> int | None:
         from tuneforge.serve.app import Limits
         from tuneforge.serve.server import serve
 
-        if args.max_tokens_limit < 1 or args.max_batch < 1:
-            raise UserError("--max-tokens-limit and --max-batch must be 1 or more.")
+        if min(args.max_tokens_limit, args.max_batch, args.max_queue) < 1:
+            raise UserError("--max-tokens-limit, --max-batch and --max-queue must be 1 or more.")
+        if not args.request_timeout > 0:
+            raise UserError(f"--request-timeout: {args.request_timeout} s; give a positive number of seconds.")
         serve([Path(r) for r in args.runs], args.host, args.port, Path(args.db) if args.db else None, args.api_key,
-              args.precision, Limits(max_tokens=args.max_tokens_limit), args.max_batch)
+              args.precision, Limits(max_tokens=args.max_tokens_limit, request_timeout=args.request_timeout),
+              args.max_batch, args.max_queue)
     elif args.command == "feedback":
         from tuneforge.serve.feedback import export_feedback
 

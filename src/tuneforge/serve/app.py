@@ -3,17 +3,22 @@
 
 import asyncio
 import json
+import logging
+import math
+import re
 import secrets
 import time
 from dataclasses import dataclass
 from importlib import resources
 
+import numpy as np
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
-from tuneforge.serve.engine import Engine, Finished, Job, Sampling
+from tuneforge.serve.engine import Engine, Finished, Job, QueueFull, Sampling
 from tuneforge.serve.models import ModelPool
 from tuneforge.serve.schemas import ChatRequest, CompletionRequest, FeedbackRequest
 from tuneforge.serve.store import Store
@@ -24,42 +29,59 @@ class Limits:
     max_tokens: int = 2048  # most tokens one choice may generate
     max_rows: int = 64  # prompts x n in one request
     max_body_bytes: int = 1 << 20
+    max_depth: int = 32  # JSON nesting (OpenAI's bodies need 5); deeper is refused before it is parsed
+    request_timeout: float = 600.0  # seconds from arrival to the last token, queueing included
+
+
+log = logging.getLogger("tuneforge.serve")
 
 
 class APIError(Exception):
     """Becomes an OpenAI-style error body: {"error": {"message", "type", "param", "code"}}."""
 
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 kind: str = "invalid_request_error"):
+                 kind: str = "invalid_request_error", headers: dict | None = None):
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+        self.headers = headers
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+_KINDS = {401: "authentication_error", 403: "permission_error", 404: "not_found_error", 429: "rate_limit_error"}
 
 
 def create_app(pool: ModelPool, engine: Engine, store: Store, api_key: str | None = None,
                limits: Limits = Limits()) -> FastAPI:
     app = FastAPI(title="tuneforge", summary="OpenAI-compatible API for fine-tuned models", docs_url="/docs")
     app.state.pool, app.state.engine, app.state.store = pool, engine, store
+    if api_key:
+        app.add_middleware(RequireKey, key=api_key)
 
+    # One error shape everywhere: tuneforge's own errors, Starlette's (404, 405, ...), FastAPI's
+    # validation of query and path parameters, and anything unexpected (logged with its traceback).
     @app.exception_handler(APIError)
     async def api_error(_: Request, e: APIError):
-        return JSONResponse(e.body(), status_code=e.status)
+        return e.response()
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, e: HTTPException):
-        return JSONResponse(APIError(e.status_code, str(e.detail)).body(), status_code=e.status_code)
+        return APIError(e.status_code, str(e.detail), kind=_KINDS.get(e.status_code, "invalid_request_error"),
+                        headers=e.headers).response()
 
-    @app.middleware("http")
-    async def check_key(request: Request, call_next):
-        if api_key and request.url.path.startswith("/v1/"):
-            given = request.headers.get("authorization", "")
-            if not secrets.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
-                error = APIError(401, "Incorrect or missing API key: send the header `Authorization: Bearer <key>` "
-                                      "with the key the server was started with.", code="invalid_api_key")
-                return JSONResponse(error.body(), status_code=401)
-        return await call_next(request)
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, e: RequestValidationError):
+        return _invalid(e.errors()).response()
+
+    @app.exception_handler(Exception)
+    async def server_error(request: Request, e: Exception):
+        log.exception("%s %s failed", request.method, request.url.path)
+        return APIError(500, f"The server failed on this request ({type(e).__name__}); the server log has the "
+                             "details.", kind="server_error").response()
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def playground():
@@ -81,9 +103,14 @@ def create_app(pool: ModelPool, engine: Engine, store: Store, api_key: str | Non
     async def read(request: Request, schema):
         """(arrival time, validated body, served model name, its tokenizer) of a generation request."""
         arrived = time.time()
-        body = _parse(await _body(request, limits), schema)
+        body = _parse(await _body(request, limits), schema, limits)
         name = _known(pool, body.model)
+        _check_bias(body, pool.tokenizers[name])
         return arrived, body, name, pool.tokenizers[name]
+
+    def new_call(request: Request, endpoint: str, prefix: str, name: str, arrived: float, record: dict) -> "Call":
+        return Call(engine, store, request, endpoint, f"{prefix}-{secrets.token_hex(12)}", name, arrived,
+                    arrived + limits.request_timeout, record)
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
@@ -97,9 +124,8 @@ def create_app(pool: ModelPool, engine: Engine, store: Store, api_key: str | Non
         max_tokens = _max_tokens(body.max_completion_tokens or body.max_tokens, [ids], pool, limits,
                                  "max_completion_tokens" if body.max_completion_tokens else "max_tokens", "messages")
         _rows(body.n, 1, limits)
-        sampling = Sampling(max_tokens, body.temperature, body.top_p, body.stops(), body.seed,
-                            logprobs=(body.top_logprobs or 0) if body.logprobs else None)
-        call = Call(engine, store, "chat.completions", f"chatcmpl-{secrets.token_hex(12)}", name, arrived,
+        sampling = _sampling(body, max_tokens, logprobs=(body.top_logprobs or 0) if body.logprobs else None)
+        call = new_call(request, "chat.completions", "chatcmpl", name, arrived,
                     {"messages": messages, "prompt": prompt, "params": _params(body, max_tokens)})
         job = call.submit([ids] * body.n, sampling, body.n)
         usage = body.stream_options.include_usage if body.stream_options else False
@@ -119,10 +145,9 @@ def create_app(pool: ModelPool, engine: Engine, store: Store, api_key: str | Non
         _rows(body.n, len(prompts), limits)
         if body.echo and body.stream:
             raise APIError(400, "echo is not supported with stream: true.", "echo")
-        sampling = Sampling(max_tokens, body.temperature, body.top_p, body.stops(), body.seed, body.logprobs,
-                            body.echo)
+        sampling = _sampling(body, max_tokens, logprobs=body.logprobs, echo=body.echo)
         texts = [tokenizer.decode(p) for p in prompts]
-        call = Call(engine, store, "completions", f"cmpl-{secrets.token_hex(12)}", name, arrived,
+        call = new_call(request, "completions", "cmpl", name, arrived,
                     {"prompt": texts[0] if len(texts) == 1 else json.dumps(texts), "params": _params(body, max_tokens)})
         rows = [p for p in prompts for _ in range(body.n)]
         job = call.submit(rows, sampling, body.n)
@@ -136,7 +161,7 @@ def create_app(pool: ModelPool, engine: Engine, store: Store, api_key: str | Non
 
     @app.post("/v1/feedback")
     async def feedback(request: Request):
-        body = _parse(await _body(request, limits), FeedbackRequest)
+        body = _parse(await _body(request, limits), FeedbackRequest, limits)
         if body.rating is None and not body.correction:
             raise APIError(400, "feedback needs a rating (up or down) or a correction.", "rating")
         if not store.has_request(body.id):
@@ -156,20 +181,30 @@ def create_app(pool: ModelPool, engine: Engine, store: Store, api_key: str | Non
 
 
 class Call:
-    """One generation request from arrival to its log row: submits the job, gathers or streams events."""
+    """One generation request from arrival to its log row: submits the job, gathers or streams events,
+    and answers within its deadline whatever the engine does; a client that goes away cancels the job."""
 
-    def __init__(self, engine: Engine, store: Store, endpoint: str, call_id: str, model: str, arrived: float,
-                 record: dict):
-        self.engine, self.store, self.endpoint, self.id, self.model = engine, store, endpoint, call_id, model
-        self.arrived, self.record = arrived, record
+    def __init__(self, engine: Engine, store: Store, request: Request, endpoint: str, call_id: str, model: str,
+                 arrived: float, deadline: float, record: dict):
+        self.engine, self.store, self.request, self.endpoint, self.id = engine, store, request, endpoint, call_id
+        self.model, self.arrived, self.deadline, self.record = model, arrived, deadline, record
         self.queue: asyncio.Queue = asyncio.Queue()
         self.loop = asyncio.get_running_loop()
+        self.checked = arrived  # when the client's connection was last looked at
 
     def submit(self, prompts: list[list[int]], sampling: Sampling, n: int) -> Job:
         """`prompts` holds each prompt n times in a row (one row per choice); usage counts each once."""
         self.prompt_tokens = sum(len(p) for p in prompts[::n])
         job = Job(self.model, prompts, sampling, lambda event: self.loop.call_soon_threadsafe(self.queue.put_nowait, event))
-        self.engine.submit(job)
+        try:
+            self.engine.submit(job)
+        except QueueFull:
+            wait = max(1, math.ceil(self.engine.seconds_per_job))
+            error = APIError(429, f"The server is busy: {self.engine.max_queue} requests are waiting "
+                                  f"(tuneforge serve --max-queue). Retry in about {wait} s.",
+                             code="queue_full", kind="rate_limit_error", headers={"Retry-After": str(wait)})
+            self.log([], 429, error.message)
+            raise error from None
         return job
 
     def head(self, kind: str) -> dict:
@@ -180,18 +215,47 @@ class Call:
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion,
                 "total_tokens": self.prompt_tokens + completion}
 
+    async def next_event(self, results: list) -> tuple | None:
+        """The engine's next event, or ("timeout",) once the deadline has passed; None once the client has
+        disconnected (looked at twice a second)."""
+        while True:
+            now = time.time()
+            if now >= self.deadline:
+                return ("timeout",)
+            if now >= self.checked + 0.5:
+                self.checked = now
+                if await self.request.is_disconnected():
+                    self.log([r for r in results if r], 499, "the client disconnected")
+                    return None
+            try:
+                return await asyncio.wait_for(self.queue.get(), min(self.deadline - now, 0.5))
+            except TimeoutError:
+                continue
+
+    def failure(self, event: tuple, results: list) -> APIError:
+        if event[0] == "timeout":
+            error = APIError(504, f"The request did not finish within the server's {self.deadline - self.arrived:.0f} s "
+                                  "(tuneforge serve --request-timeout); ask for fewer max_tokens or retry later.",
+                             code="request_timeout", kind="server_error")
+        else:
+            error = APIError(500, f"generation failed: {event[1]}", kind="server_error")
+        self.log([r for r in results if r], error.status, error.message)
+        return error
+
     async def results(self, job: Job, count: int) -> list[Finished]:
         results: list[Finished | None] = [None] * count
         try:
             while any(r is None for r in results):
-                event = await self.queue.get()
+                event = await self.next_event(results)
+                if event is None:
+                    return []  # nobody is listening
                 if event[0] == "done":
                     results[event[1]] = event[2]
-                elif event[0] == "error":
-                    self.log([], 500, event[1])
-                    raise APIError(500, f"generation failed: {event[1]}", kind="server_error")
+                elif event[0] != "delta":
+                    raise self.failure(event, results)
         finally:
-            job.cancelled = True  # no-op once finished; stops the rows if the client went away
+            job.cancelled = True  # no-op once finished; frees the rows of a request that failed or was left
+        self.engine.record(job)
         self.log(results, 200)
         return results
 
@@ -201,20 +265,25 @@ class Call:
             for index in range(count):
                 yield chunk(self, index, None, None, first=True)
             while any(r is None for r in results):
-                event = await self.queue.get()
+                event = await self.next_event(results)
+                if event is None:
+                    return
                 if event[0] == "delta":
                     yield chunk(self, event[1], event[2], None)
                 elif event[0] == "done":
                     results[event[1]] = event[2]
                     yield chunk(self, event[1], None, event[2].reason)
                 else:
-                    self.log([r for r in results if r], 500, event[1])
-                    yield APIError(500, f"generation failed: {event[1]}", kind="server_error").body()
+                    yield self.failure(event, results).body()
                     return
             if usage:
                 yield {**self.head(_STREAM_KIND[self.endpoint]), "choices": [],
                        "usage": self.usage(results)}
+            self.engine.record(job)
             self.log(results, 200)
+        except (GeneratorExit, asyncio.CancelledError):  # the client went away while a chunk was sent
+            self.log([r for r in results if r], 499, "the client disconnected")
+            raise
         finally:
             job.cancelled = True
 
@@ -253,28 +322,102 @@ def _sse(events) -> StreamingResponse:
     return StreamingResponse(lines(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
+class RequireKey:
+    """ASGI middleware: /v1/ paths need `Authorization: Bearer <key>`. Plain ASGI rather than FastAPI's
+    @middleware("http"), which wraps the request stream so that an endpoint cannot see a disconnect."""
+
+    def __init__(self, app, key: str):
+        self.app, self.expected = app, f"Bearer {key}".encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not secrets.compare_digest(given, self.expected):
+                error = APIError(401, "Incorrect or missing API key: send the header `Authorization: Bearer <key>` "
+                                      "with the key the server was started with.", code="invalid_api_key",
+                                 kind="authentication_error")
+                return await error.response()(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
 async def _body(request: Request, limits: Limits) -> bytes:
-    size = int(request.headers.get("content-length") or 0)
-    if size > limits.max_body_bytes:
-        raise APIError(413, f"the request body is {size} bytes; this server accepts at most {limits.max_body_bytes}.")
-    raw = await request.body()
-    if len(raw) > limits.max_body_bytes:
-        raise APIError(413, f"the request body is {len(raw)} bytes; this server accepts at most {limits.max_body_bytes}.")
-    return raw
+    """The body, read no further than the limit (a chunked upload has no Content-Length to trust)."""
+    too_big = APIError(413, f"The request body is over {limits.max_body_bytes} bytes, the most this server accepts.")
+    if int(request.headers.get("content-length") or 0) > limits.max_body_bytes:
+        raise too_big
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > limits.max_body_bytes:
+            raise too_big
+    return bytes(raw)
 
 
-def _parse(raw: bytes, schema):
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_DEPTH_STEP = np.zeros(256, np.int8)
+_DEPTH_STEP[list(b"[{")], _DEPTH_STEP[list(b"]}")] = 1, -1
+
+
+def _nesting(raw: bytes) -> int:
+    """How deep arrays and objects nest in a JSON text, counted on the bytes (strings removed first), so
+    that a deeply nested body is refused before the parser recurses into it."""
+    steps = _DEPTH_STEP[np.frombuffer(_JSON_STRING.sub(b"", raw), np.uint8)]
+    return int(np.cumsum(steps, dtype=np.int64).max(initial=0))
+
+
+def _not_json(constant: str):
+    raise ValueError(f"{constant} is not a JSON value; send numbers as finite decimals")
+
+
+def _parse(raw: bytes, schema, limits: Limits):
+    depth = _nesting(raw)
+    if depth > limits.max_depth:
+        raise APIError(400, f"The request body nests arrays and objects {depth} deep; this server accepts at most "
+                            f"{limits.max_depth}.")
     try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        data = json.loads(raw, parse_constant=_not_json)
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError, NaN / Infinity, a 5,000-digit number
         raise APIError(400, f"The request body is not valid JSON ({e}).") from None
+    where = _lone_surrogate(data)
+    if where is not None:
+        raise APIError(400, f"{where or 'body'}: a string holds an unpaired UTF-16 surrogate escape (\\ud800-\\udfff), "
+                            "which is not text; send valid Unicode.", where or None)
     try:
         return schema.model_validate(data)
     except ValidationError as e:
-        first = e.errors()[0]
-        param = ".".join(str(p) for p in first["loc"]) or None
-        raise APIError(400, f"{param}: {first['msg']} (got {json.dumps(first.get('input'))[:100]})"
-                       if param else first["msg"], param) from None
+        raise _invalid(e.errors()) from None
+
+
+def _lone_surrogate(value, path: str = "") -> str | None:
+    """The path of the first string with an unpaired surrogate (it cannot be encoded as UTF-8, so the
+    tokenizer and the log could not take it), or None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path
+    elif isinstance(value, (list, dict)):
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            found = _lone_surrogate(key, path) if isinstance(key, str) else None
+            found = found if found is not None else _lone_surrogate(item, f"{path}.{key}".lstrip("."))
+            if found is not None:
+                return found
+    return None
+
+
+def _invalid(errors: list[dict]) -> APIError:
+    """A 400 naming the first field pydantic or FastAPI refused (for the query and path parameters their
+    location starts with "query" / "path", which is dropped), what it expected and what it got."""
+    first = errors[0]
+    loc = [str(p) for p in first["loc"]]
+    loc = loc[1:] if loc and loc[0] in ("body", "query", "path", "header") else loc
+    param = ".".join(loc) or None
+    got = json.dumps(first.get("input"), default=str)[:100]
+    message = first["msg"]
+    if first["type"] == "extra_forbidden":
+        message = "unknown field; this server does not implement it, so it is refused rather than ignored. Remove it"
+    return APIError(400, f"{param}: {message} (got {got})" if param else message, param)
 
 
 def _known(pool: ModelPool, name: str) -> str:
@@ -336,9 +479,26 @@ def _prompt_ids(prompt, tokenizer) -> list[list[int]]:
     return ids
 
 
+def _check_bias(body, tokenizer) -> None:
+    vocab = len(tokenizer)
+    wrong = [k for k in body.bias() if not 0 <= k < vocab]
+    if wrong:
+        raise APIError(400, f"logit_bias: token id {wrong[0]} is not in this model's vocabulary (0..{vocab - 1}).",
+                       "logit_bias")
+
+
+def _sampling(body, max_tokens: int, logprobs: int | None, echo: bool = False) -> Sampling:
+    return Sampling(max_tokens, body.temperature, body.top_p, body.stops(), body.seed, logprobs, echo,
+                    body.frequency_penalty, body.presence_penalty, body.bias())
+
+
 def _params(body, max_tokens: int) -> dict:
-    return {"temperature": body.temperature, "top_p": body.top_p, "max_tokens": max_tokens, "stop": list(body.stops()),
-            "n": body.n, "seed": body.seed}
+    """What the request log keeps of the sampling (defaults left out of the penalties and bias)."""
+    params = {"temperature": body.temperature, "top_p": body.top_p, "max_tokens": max_tokens,
+              "stop": list(body.stops()), "n": body.n, "seed": body.seed}
+    extra = {"frequency_penalty": body.frequency_penalty, "presence_penalty": body.presence_penalty,
+             "logit_bias": body.logit_bias, "user": body.user}
+    return params | {k: v for k, v in extra.items() if v}
 
 
 def _chat_logprobs(logprobs: dict | None) -> dict | None:

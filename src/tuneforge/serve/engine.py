@@ -31,6 +31,9 @@ class Sampling:
     seed: int | None = None
     logprobs: int | None = None  # alternatives per generated token to report (0: only the chosen one's)
     echo: bool = False  # also return the prompt, with its tokens' logprobs (legacy completions)
+    frequency_penalty: float = 0.0  # OpenAI's: logit - count * frequency - (count > 0) * presence, where
+    presence_penalty: float = 0.0  # count is how often the token was generated so far in this choice
+    logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit
 
 
 @dataclass
@@ -42,7 +45,19 @@ class Job:
     sampling: Sampling
     emit: Callable[[tuple], None]
     created: float = field(default_factory=time.monotonic)
-    cancelled: bool = False  # set by the API when the client has gone; its rows stop at the next token
+    cancelled: bool = False  # set by the API when the client has gone or the deadline passed: its rows stop
+    # at the next token, and a job still queued is never started
+
+    def send(self, event: tuple) -> None:
+        """Tell the API; a listener that cannot hear any more (its event loop closed) must not stop the worker."""
+        try:
+            self.emit(event)
+        except Exception:  # noqa: BLE001 - the request is gone either way
+            self.cancelled = True
+
+    def fail(self, error: Exception) -> None:
+        self.send(("error", f"{type(error).__name__}: {error}"))
+        self.cancelled = True
 
 
 @dataclass
@@ -53,9 +68,14 @@ class Finished:
     logprobs: dict | None = None
 
 
+class QueueFull(Exception):
+    """The engine already has `max_queue` requests waiting; the API answers 429."""
+
+
 class Engine:
-    def __init__(self, pool: ModelPool, max_batch: int = 16):
-        self.pool, self.max_batch = pool, max_batch
+    def __init__(self, pool: ModelPool, max_batch: int = 16, max_queue: int = 256):
+        self.pool, self.max_batch, self.max_queue = pool, max_batch, max_queue
+        self.seconds_per_job = 1.0  # a running mean of submit -> finish, for Retry-After
         self._batch: Batch | None = None
         self._queue: queue.Queue[Job] = queue.Queue()
         self._waiting: list[Job] = []
@@ -83,6 +103,9 @@ class Engine:
             self._thread.join(timeout=30)
 
     def submit(self, job: Job) -> None:
+        """Queue a job, or raise QueueFull when `max_queue` jobs are already waiting to start."""
+        if self._queue.qsize() + len(self._waiting) >= self.max_queue:
+            raise QueueFull
         self._queue.put(job)
 
     # ---- the worker thread -------------------------------------------------------------------------
@@ -96,11 +119,9 @@ class Engine:
             model_name = self._waiting[0].model  # the oldest request's model decodes next
             try:
                 self._decode(model_name)
-            except Exception as e:  # a bug must not kill the server; every request in flight learns why
-                running = {id(r.job): r.job for r in (self._batch.rows if self._batch else [])}
-                for job in [*running.values(), *(j for j in self._waiting if j.model == model_name)]:
-                    job.emit(("error", f"{type(e).__name__}: {e}"))
-                self._waiting = [j for j in self._waiting if j.model != model_name]
+            except Exception as e:  # a bug must not kill the server; every request decoding learns why
+                for job in {id(r.job): r.job for r in (self._batch.rows if self._batch else [])}.values():
+                    job.fail(e)
                 self._batch = None
 
     def _collect(self, block: bool) -> None:
@@ -116,6 +137,7 @@ class Engine:
     def _admit(self, model_name: str, free: int) -> list[Job]:
         """Waiting jobs of this model that fit, oldest first; none while an older job for another model
         waits (it gets the worker when this batch drains)."""
+        self._waiting = [job for job in self._waiting if not job.cancelled]  # gone before they started
         taken = []
         for job in list(self._waiting):
             if job.model != model_name:
@@ -135,9 +157,9 @@ class Engine:
             batch = self._batch
             if batch is None or batch.mergeable:
                 jobs = self._admit(model_name, self.max_batch - (len(batch.rows) if batch else 0))
-                if jobs:
-                    with self.pool.autocast():
-                        joining = Batch.prefill(model, tokenizer, jobs, eos_ids, self.pool.max_context)
+                with self.pool.autocast():
+                    joining = Batch.prefill(model, tokenizer, jobs, eos_ids, self.pool.max_context) if jobs else None
+                if joining is not None:
                     self._batch = batch = joining if batch is None else batch.merge(joining)
             if batch is None:
                 return
@@ -153,6 +175,10 @@ class Engine:
             self.stats["forwards"] += 1
             self.stats["rows_per_forward"] += len(batch.rows)
             self._collect(block=False)
+
+    def record(self, job: Job) -> None:
+        """A job has been answered: update the running mean of the time a job takes (for Retry-After)."""
+        self.seconds_per_job += 0.1 * (time.monotonic() - job.created - self.seconds_per_job)
 
 
 class Row:
@@ -173,11 +199,14 @@ class Row:
         self.prompt_top: list[dict[str, float] | None] = []
 
     def choose(self, logits: torch.Tensor) -> int:
+        """The next token from the model's logits for this row. Logprobs report the model's own
+        distribution, before logit_bias, penalties, temperature and top_p (as vLLM's do by default)."""
         s = self.job.sampling
+        scores = self.adjusted(logits)
         if s.temperature <= 0:
-            token = int(logits.argmax())
+            token = int(scores.argmax())
         else:
-            probs = torch.softmax(logits / s.temperature, dim=-1)
+            probs = torch.softmax(scores / s.temperature, dim=-1)
             if s.top_p < 1.0:
                 sorted_probs, order = probs.sort(descending=True)
                 keep = sorted_probs.cumsum(-1) - sorted_probs < s.top_p  # always keeps the most likely
@@ -189,6 +218,17 @@ class Row:
             self.top_logprobs.append(self._top(logp, s.logprobs))
         return token
 
+    def adjusted(self, logits: torch.Tensor) -> torch.Tensor:
+        """logit_bias added, then OpenAI's frequency and presence penalties over this row's tokens so far."""
+        s = self.job.sampling
+        if s.logit_bias:
+            ids = torch.tensor(list(s.logit_bias))
+            logits = logits.index_add(0, ids, torch.tensor(list(s.logit_bias.values()), dtype=logits.dtype))
+        if (s.frequency_penalty or s.presence_penalty) and self.ids:
+            counts = torch.bincount(torch.tensor(self.ids), minlength=logits.shape[-1]).to(logits.dtype)
+            logits = logits - counts * s.frequency_penalty - (counts > 0).to(logits.dtype) * s.presence_penalty
+        return logits
+
     def _top(self, logp: torch.Tensor, k: int) -> dict[str, float]:
         if k <= 0:
             return {}
@@ -197,9 +237,6 @@ class Row:
 
     def add(self, token: int, eos_ids: set[int], max_context: int) -> None:
         s = self.job.sampling
-        if self.job.cancelled:
-            self.finished = "cancelled"
-            return
         if token in eos_ids:
             self.finished = "stop"
             return
@@ -270,8 +307,25 @@ class Batch:
         self.mergeable = all(type(layer) is GrowingLayer for layer in cache.layers)
 
     @classmethod
-    def prefill(cls, model, tokenizer, jobs: list[Job], eos_ids: set[int], max_context: int) -> "Batch":
-        rows = [Row(job, i, prompt, tokenizer) for job in jobs for i, prompt in enumerate(job.prompts)]
+    def prefill(cls, model, tokenizer, jobs: list[Job], eos_ids: set[int], max_context: int) -> "Batch | None":
+        """The jobs' prompts in one forward pass and each row's first token. A job that fails on its own
+        (setting up its rows, sampling) gets its error and the others go on; if the forward pass fails,
+        every job of this prefill gets the error and the running batch goes on. None if no row is left."""
+        rows = []
+        for job in jobs:
+            try:
+                rows += [Row(job, i, prompt, tokenizer) for i, prompt in enumerate(job.prompts)]
+            except Exception as e:  # noqa: BLE001 - the client is answered with it
+                job.fail(e)
+        try:
+            return cls._prefill(model, tokenizer, rows, eos_ids, max_context) if rows else None
+        except Exception as e:  # noqa: BLE001
+            for job in jobs:
+                job.fail(e)
+            return None
+
+    @classmethod
+    def _prefill(cls, model, tokenizer, rows: list[Row], eos_ids: set[int], max_context: int) -> "Batch":
         width = max(len(r.prompt) for r in rows)
         if shapes_cached_now(model, model.device.type):
             # few prefill shapes, or a server's memory grows with every new prompt length (bucket_length)
@@ -287,13 +341,16 @@ class Batch:
                     logits_to_keep=0 if echo else 1)
         logits = out.logits.float().cpu()
         batch = cls(rows, out.past_key_values, mask, positions[:, -1] + 1, eos_ids, max_context)
-        for i, row in enumerate(rows):
+
+        def first(i: int, row: Row) -> None:
             if row.job.sampling.echo:
                 _prompt_logprobs(row, logits[i, width - len(row.prompt):])
             if row.job.sampling.max_tokens == 0:
                 row.finished = "length"
             else:
                 row.add(row.choose(logits[i, -1]), eos_ids, max_context)
+
+        _each_row(rows, first)
         return batch
 
     def step(self, model) -> None:
@@ -304,20 +361,21 @@ class Batch:
                     use_cache=True)
         self.positions = self.positions + 1
         logits = out.logits[:, -1].float().cpu()
-        for i, row in enumerate(self.rows):
-            row.add(row.choose(logits[i]), self.eos_ids, self.max_context)
+        _each_row(self.rows, lambda i, row: row.add(row.choose(logits[i]), self.eos_ids, self.max_context))
 
     def emit_and_drop(self) -> None:
-        """Send each row's new text; finished rows report and leave the batch (and the cache)."""
-        keep = []
-        for i, row in enumerate(self.rows):
+        """Send each row's new text; finished rows report and leave the batch (and the cache), and so do
+        the rows of a job that was cancelled or failed."""
+
+        def emit(_: int, row: Row) -> None:
             new = row.delta()
             if new:
-                row.job.emit(("delta", row.index, new))
+                row.job.send(("delta", row.index, new))
             if row.finished:
-                row.job.emit(("done", row.index, row.result()))
-            else:
-                keep.append(i)
+                row.job.send(("done", row.index, row.result()))
+
+        _each_row(self.rows, emit)
+        keep = [i for i, row in enumerate(self.rows) if not (row.finished or row.job.cancelled)]
         if len(keep) < len(self.rows):
             self._select(keep)
 
@@ -344,6 +402,16 @@ class Batch:
         self.positions = torch.cat([self.positions, other.positions])
         self.rows += other.rows
         return self
+
+
+def _each_row(rows: list[Row], action: Callable[[int, Row], None]) -> None:
+    """action(i, row) for each row whose job is still on; a row that raises fails its job alone."""
+    for i, row in enumerate(rows):
+        if not row.job.cancelled:
+            try:
+                action(i, row)
+            except Exception as e:  # noqa: BLE001 - the client is answered with it
+                row.job.fail(e)
 
 
 def _left_pad(tensor: torch.Tensor, width: int) -> torch.Tensor:

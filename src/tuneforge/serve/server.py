@@ -16,25 +16,25 @@ API_KEY_ENV = "TUNEFORGE_API_KEY"
 
 
 def build(run_dirs: list[Path], db: Path, api_key: str | None = None, precision: str = "auto",
-          limits: Limits = Limits(), max_batch: int = 16, start: bool = True):
+          limits: Limits = Limits(), max_batch: int = 16, start: bool = True, max_queue: int = 256):
     """(app, engine, store) ready to hand to any ASGI server; the engine thread is running unless `start`
     is False (then the caller runs it: Engine.run)."""
     pool = ModelPool(run_dirs, precision)
     store = Store(db)
-    engine = Engine(pool, max_batch)
+    engine = Engine(pool, max_batch, max_queue)
     if start:
         engine.start()
     return create_app(pool, engine, store, api_key, limits), engine, store
 
 
 def serve(run_dirs: list[Path], host: str, port: int, db: Path | None, api_key: str | None, precision: str,
-          limits: Limits, max_batch: int) -> None:
+          limits: Limits, max_batch: int, max_queue: int) -> None:
     import uvicorn
 
     api_key = api_key or os.environ.get(API_KEY_ENV) or None
     _check_port(host, port)
     db = db or run_dirs[0].parent / "requests.sqlite"
-    app, engine, store = build(run_dirs, db, api_key, precision, limits, max_batch, start=False)
+    app, engine, store = build(run_dirs, db, api_key, precision, limits, max_batch, start=False, max_queue=max_queue)
     names = ", ".join(app.state.pool.served)
     where = f"http://{host}:{port}"
     print(f"Serving {names} at {where}/v1 (OpenAI-compatible); playground: {where}/ ; request log: {db}"
