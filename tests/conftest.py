@@ -3,6 +3,7 @@
 
 import json
 import os
+import random
 import shutil
 from pathlib import Path
 
@@ -150,3 +151,35 @@ def headless_chromium(profile: Path):
                  f"--user-data-dir={profile}"):
         options.add_argument(flag)
     return webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+
+
+# ---- fuzz tests (hypothesis): bounded, seeded, the seed printed --------------------------------------
+FUZZ_SEED = int(os.environ.get("TUNEFORGE_FUZZ_SEED") or random.SystemRandom().randrange(1 << 32))
+
+
+FUZZ_SCALE = float(os.environ.get("TUNEFORGE_FUZZ_SCALE", "1"))
+
+
+def fuzz(examples: int):
+    """A property test over `examples` generated cases (times TUNEFORGE_FUZZ_SCALE, for a longer hunt),
+    seeded with FUZZ_SEED: a new seed each session explores new cases; TUNEFORGE_FUZZ_SEED=N (printed in
+    the header and with a failure) repeats one."""
+    from hypothesis import HealthCheck, seed, settings
+
+    def decorate(test):
+        test = settings(max_examples=max(1, round(examples * FUZZ_SCALE)), deadline=None, database=None, print_blob=True,
+                        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                               HealthCheck.data_too_large, HealthCheck.filter_too_much])(test)
+        return pytest.mark.fuzz(seed(FUZZ_SEED)(test))
+    return decorate
+
+
+def pytest_report_header(config):
+    return f"fuzz seed: {FUZZ_SEED} (TUNEFORGE_FUZZ_SEED={FUZZ_SEED} repeats this session's fuzz cases)"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = (yield).get_result()
+    if report.failed and item.get_closest_marker("fuzz"):
+        report.sections.append(("fuzz seed", f"rerun this test's cases with TUNEFORGE_FUZZ_SEED={FUZZ_SEED}"))

@@ -4,8 +4,9 @@ A recipe is YAML; unknown keys and bad values are errors that name the file, lin
 resolved recipe (every default filled in) is printed at start and saved as runs/<name>/recipe.yaml.
 """
 
+import codecs
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Annotated, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -69,6 +70,24 @@ class SourceSpec(Section):
     """For a saved `datasets` folder or a hub data set: which split to read (default `train`)."""
     hf_config: str | None = None
     """For a hub data set: the configuration name, if it has several."""
+
+    @field_validator("path")
+    @classmethod
+    def _a_path(cls, value: str) -> str:
+        if not value.strip() or "\0" in value:
+            raise ValueError("a source needs a path: a file, a folder, a hub data set id or `pydocs`")
+        return value
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str | None) -> str | None:
+        try:
+            if value is not None:
+                codecs.lookup(value)
+            return value
+        except (LookupError, ValueError):
+            raise ValueError(f"{value!r} is not a text encoding Python knows (for instance utf-8, latin-1, "
+                             "cp1252, utf-16)") from None
 
 
 class CleanSection(Section):
@@ -161,7 +180,7 @@ class LoraSection(Section):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     """Dropout on the adapter input. Off by default: each adapted layer then draws its own mask over
     its input, which took 20% of a LoRA step on the bundled model (benchmarks/train_speed.py)."""
-    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    target_modules: Annotated[list[str], Field(min_length=1)] | Literal["all-linear"] = "all-linear"
     """Module names to adapt (for instance [q_proj, v_proj]), regular expressions over full module
     names, or `all-linear` (every linear layer except the output head)."""
 
@@ -206,9 +225,9 @@ class TrainSection(Section):
     """Examples per optimizer step; split into micro-batches x gradient accumulation."""
     micro_batch_size: int | None = Field(None, ge=1)
     """Examples per forward pass; empty means derived from available memory."""
-    max_steps: int | None = Field(None, ge=1)
+    max_steps: int | None = Field(None, ge=1, le=10**9)
     """Optimizer steps to run; empty means `epochs` passes over the training split."""
-    epochs: float = Field(1.0, gt=0.0)
+    epochs: float = Field(1.0, gt=0.0, le=10_000)
     """Passes over the training split when `max_steps` is empty."""
     warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0)
     """Share of steps with a linear learning-rate warm-up; the schedule follows."""
@@ -244,7 +263,7 @@ class TrainSection(Section):
     """torch.compile each transformer block: about +8% tokens/s for LoRA, +3% for full fine-tuning on a
     CPU, for about a minute of compiling. `auto` compiles when the run is long enough to pay that back
     and keeps it only if the compiled steps are measured faster; true always, false never."""
-    threads: int | None = Field(None, ge=1)
+    threads: int | None = Field(None, ge=1, le=4096)
     """CPU threads for torch; empty means the number of physical cores."""
     distributed: Literal["ddp", "fsdp"] = "ddp"
     """Under torchrun / accelerate launch with several processes: replicate the model (ddp) or shard
@@ -276,7 +295,7 @@ class EvalSection(Section):
 class Recipe(Section):
     name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     """Run name: the folder under runs/ (a free name is chosen if it exists)."""
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63)
     """Seed for data order, subsets, adapter initialisation and dropout."""
     method: Method = "lora"
     """full (every weight), freeze (the last blocks), gradual_unfreeze (blocks unfrozen from the top
@@ -327,8 +346,24 @@ def validate_recipe(raw: dict, source: str = "recipe", lines: dict[tuple, int] |
     try:
         return Recipe.model_validate(raw)
     except ValidationError as e:
-        problems = [_describe(err, source, lines or {}) for err in e.errors()]
+        problems = [_describe(err, source, lines or {}) for err in _merge_unions(e.errors())]
         raise UserError("\n".join(problems)) from None
+
+
+def _merge_unions(errors: list[dict]) -> list[dict]:
+    """Pydantic reports a value that fits no member of a union (`list[str] | 'all-linear'`) once per
+    member, with the member's type in the location; one error per key reads better: "A, or B"."""
+    merged: dict[tuple, dict] = {}
+    for err in errors:
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p in _TYPE_TAGS)))
+        if loc in merged:
+            merged[loc]["msg"] += f", or {err['msg'][0].lower()}{err['msg'][1:]}"
+        else:
+            merged[loc] = {**err, "loc": loc}
+    return list(merged.values())
+
+
+_TYPE_TAGS = {"str", "int", "float", "bool", "none", "list", "dict"}
 
 
 def _apply_override(raw: dict, item: str) -> None:
@@ -345,7 +380,7 @@ def _apply_override(raw: dict, item: str) -> None:
             raise UserError(f"--set {key}: unknown key {part!r} in {where}; allowed: {', '.join(fields)}.")
         annotation = fields[part].annotation
         if i == len(parts) - 1:
-            node[part] = yaml.safe_load(value) if value.strip() else None
+            node[part] = _override_value(value)
         else:
             if not (isinstance(annotation, type) and issubclass(annotation, Section)):
                 raise UserError(f"--set {key}: {'.'.join(parts[:i + 1])} is a value, not a section.")
@@ -353,6 +388,17 @@ def _apply_override(raw: dict, item: str) -> None:
             if not isinstance(node, dict):
                 raise UserError(f"--set {key}: {'.'.join(parts[:i + 1])} in the recipe is not a mapping.")
             section = annotation
+
+
+def _override_value(text: str):
+    """A --set value read as YAML (numbers, lists, null), or as the plain string when it is not YAML
+    (`--set name=[draft]` is a list, `--set name=[draft` the text): the key's type decides if it fits."""
+    if not text.strip():
+        return None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
 
 
 def _describe(err: dict, source: str, lines: dict[tuple, int]) -> str:
@@ -364,7 +410,7 @@ def _describe(err: dict, source: str, lines: dict[tuple, int]) -> str:
         allowed = ", ".join(_section_at(loc[:-1]).model_fields)
         return f"{where}: unknown key {key!r}. Allowed keys here: {allowed}. Check the spelling."
     got = err.get("input")
-    return f"{where}: {key}: {err['msg']} (got {got!r})."
+    return f"{where}: {key}: {err['msg'].removeprefix('Value error, ')} (got {got!r})."
 
 
 def _section_at(loc: tuple) -> type[Section]:

@@ -85,6 +85,8 @@ class NearDuplicates:
     def duplicates(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Among `rows` (ascending indices), those that nearly duplicate an earlier one, and for each
         the earlier row it was matched to. The first row of each group of near duplicates is kept."""
+        if not len(rows):  # every row was removed before (too short / long, exact duplicates)
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
         firsts, others = [], []
         for band in range(self.bands):
             keys = self.keys[rows, band]

@@ -58,6 +58,7 @@ def prepare_data(recipe: Recipe, tokenizer, out: Path, fingerprints: list[dict] 
     try:
         rows, read = read_all(recipe, tokenizer, fingerprints, tmp / ".work", tmp / "rejects.jsonl")
         decisions = decide(rows, recipe)
+        _check_training_rows_left(decisions, recipe)
         synthetic = _synthetic(rows, decisions, recipe)
         ids = write_splits(rows, decisions, synthetic, tmp)
         lengths = _split_lengths(rows, decisions, synthetic, tokenizer)
@@ -147,6 +148,19 @@ def copy_prepared(folder: Path, target: Path) -> None:
             except OSError:
                 pass
         shutil.copy2(path, target / path.name)
+
+
+def _check_training_rows_left(decisions, recipe: Recipe) -> None:
+    """Cleaning, deduplication and the splits may leave the training split empty: say what removed the rows."""
+    if ((decisions.status == KEPT) & (decisions.split == TRAIN)).any():
+        return
+    removed = {name: int((decisions.status == code).sum()) for code, name in REMOVED.items()}
+    why = ", ".join(f"{n} {name.replace('_', ' ')}" for name, n in removed.items() if n) or "none removed"
+    c, d = recipe.data.clean, recipe.data
+    raise UserError(f"no training examples left from {len(decisions.status)} valid rows ({why}; "
+                    f"data.val_ratio {d.val_ratio}, data.test_ratio {d.test_ratio}). Relax what removed them "
+                    f"(data.clean.min_tokens: {c.min_tokens}, data.clean.max_tokens: {c.max_tokens}, "
+                    f"data.clean.near_threshold: {c.near_threshold}) or add data.")
 
 
 def _synthetic(rows, decisions, recipe: Recipe) -> list[dict]:

@@ -181,6 +181,11 @@ class Engine:
         self.seconds_per_job += 0.1 * (time.monotonic() - job.created - self.seconds_per_job)
 
 
+# Temperatures below this decode greedily: float32 logits divided by less overflow (a temperature of
+# 5e-324 is 0 in float32, and softmax of x / 0 is NaN), and the distribution is one token already.
+GREEDY_BELOW = 1e-5
+
+
 class Row:
     """One choice being generated: its tokens, what has been sent, its own sampler."""
 
@@ -203,13 +208,14 @@ class Row:
         distribution, before logit_bias, penalties, temperature and top_p (as vLLM's do by default)."""
         s = self.job.sampling
         scores = self.adjusted(logits)
-        if s.temperature <= 0:
+        if s.temperature < GREEDY_BELOW:
             token = int(scores.argmax())
         else:
             probs = torch.softmax(scores / s.temperature, dim=-1)
             if s.top_p < 1.0:
                 sorted_probs, order = probs.sort(descending=True)
-                keep = sorted_probs.cumsum(-1) - sorted_probs < s.top_p  # always keeps the most likely
+                keep = sorted_probs.cumsum(-1) - sorted_probs < s.top_p
+                keep[0] = True  # the most likely, even when top_p is below float32's smallest number
                 probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
             token = int(torch.multinomial(probs, 1, generator=self.generator))
         if s.logprobs is not None:

@@ -5,7 +5,7 @@ so, never accepted and dropped. Numbers are bounded to what the engine can take.
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 INT64 = (-(1 << 63), (1 << 63) - 1)
@@ -19,6 +19,16 @@ def refused(message: str) -> PydanticCustomError:
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_the_default(cls, data):
+        """OpenAI's API takes null for any optional field and means its default (clients send
+        `"n": null` for an argument left as None)."""
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if v is not None or k not in cls.model_fields
+                    or cls.model_fields[k].is_required()}
+        return data
 
 
 class TextPart(Strict):
