@@ -1,7 +1,6 @@
 """`tuneforge demo`: the shipped recipe end to end (bundled SmolLM2, pydocs, LoRA), then eval, then
 a table of base vs tuned and two answers side by side."""
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -9,6 +8,7 @@ from pathlib import Path
 from tuneforge.errors import UserError
 from tuneforge.evaluate.run import evaluate_run
 from tuneforge.evaluate.table import format_comparison, format_side_by_side
+from tuneforge.jsonl import read_jsonl
 from tuneforge.recipe import load_recipe
 from tuneforge.train.run import train
 
@@ -29,7 +29,7 @@ def run_demo(runs_dir: Path, overrides: list[str]) -> None:
     run_dir = train(recipe, runs_dir)
     trained = time.perf_counter()
     metrics = evaluate_run(run_dir)
-    samples = [json.loads(line) for line in (run_dir / "eval" / "samples.jsonl").read_text().splitlines()]
+    samples = read_jsonl(run_dir / "eval" / "samples.jsonl")
     print("\n" + "=" * 100)
     print(f"tuneforge demo: {recipe.model.name}, {recipe.method}, pydocs -> {run_dir}\n")
     print(format_comparison(metrics))

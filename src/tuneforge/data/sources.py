@@ -192,8 +192,7 @@ def _json(path: Path, field: str | None, encoding: str | None) -> Rows:
                 yield where, row if isinstance(row, dict) else RowError(
                     f"is a JSON {type(row).__name__}, expected an object with the row's fields.")
     except ijson.JSONError as e:
-        raise UserError(f"{path}: not valid JSON{_json_error_line(path, encoding)}: "
-                        f"{str(e).splitlines()[0]}. Fix the file (is it truncated?).") from None
+        raise _not_json(path, encoding, e) from None
 
 
 def _first_char(path: Path, encoding: str) -> str:
@@ -213,21 +212,33 @@ def _first_list_key(path: Path, encoding: str) -> str:
                 if event == "start_array" and prefix and "." not in prefix:
                     return f"{prefix}.item"
         except ijson.JSONError as e:
-            raise UserError(f"{path}: not valid JSON{_json_error_line(path, encoding)}: "
-                            f"{str(e).splitlines()[0]}. Fix the file (is it truncated?).") from None
+            raise _not_json(path, encoding, e) from None
     raise UserError(f"{path}: a JSON object without a list of rows. Use an array of objects, or an object "
                     "like {\"data\": [...]} (set `json_field:` on the source to choose the key).")
 
 
-def _json_error_line(path: Path, encoding: str) -> str:
-    """' at line L column C' for a broken JSON file small enough to re-parse, else ''."""
-    if path.stat().st_size > 256 << 20:
-        return ""
+def _not_json(path: Path, encoding: str, error: Exception) -> UserError:
+    """Where and why a JSON file does not parse: bytes that are not UTF-8, or the first syntax error
+    with its line and column (re-parsed for that when the file is small enough)."""
+    raw = path.read_bytes() if path.stat().st_size <= 256 << 20 else b""
+    if raw and encoding in ("utf-8", "utf-8-sig"):
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            line = raw.count(b"\n", 0, e.start) + 1
+            column = e.start - raw.rfind(b"\n", 0, e.start)
+            return UserError(f"{path}:{line}: not UTF-8 (byte 0x{raw[e.start]:02x} at column {column}). Re-save the "
+                             "file as UTF-8, or set `encoding:` on this source (for instance latin-1).")
+    where = ""
     try:
-        json.loads(path.read_text(encoding=encoding, errors="replace"))
+        if raw:
+            json.loads(raw.decode(encoding, errors="replace"))
     except json.JSONDecodeError as e:
-        return f" at line {e.lineno} column {e.colno}"
-    return ""
+        where = f" at line {e.lineno} column {e.colno}"
+    detail = error.args[0] if error.args else error
+    detail = detail.decode(errors="replace") if isinstance(detail, bytes) else str(detail)
+    return UserError(f"{path}: not valid JSON{where}: {detail.strip().splitlines()[0]}. Fix the file (is it "
+                     "truncated?).")
 
 
 class _binary_utf8:
@@ -268,6 +279,9 @@ def _csv(path: Path, delimiter: str, encoding: str | None, max_row_chars: int) -
             if not record or record == [""]:
                 continue
             if header is None:
+                if any(_undecodable(name) for name in record):
+                    raise UserError(f"{path}:{reader.line_num}: the header row is not {encoding} text. Re-save the "
+                                    "file as UTF-8, or set `encoding:` on this source (for instance latin-1).")
                 header = [name.lstrip("\ufeff").strip() for name in record]
                 if len(set(header)) != len(header) or not all(header):
                     raise UserError(f"{path}:{reader.line_num}: the header row {header} has empty or repeated "

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from tuneforge.errors import UserError
+from tuneforge.jsonl import jsonl_lines
 
 SHIPPED = Path(__file__).parent / "data" / "general_text.jsonl"
 
@@ -27,7 +28,7 @@ def load_general_text(path: str | None) -> tuple[str, list[str]]:
         raise UserError(f"{file}: not UTF-8 text (byte {e.start}). Save it as UTF-8.") from None
     if file.suffix == ".jsonl":
         texts = []
-        for number, line in enumerate(content.splitlines(), 1):
+        for number, line in enumerate(jsonl_lines(content), 1):
             if not line.strip():
                 continue
             try:

@@ -15,6 +15,7 @@ import random
 from pathlib import Path
 
 from tuneforge.errors import UserError
+from tuneforge.jsonl import jsonl_lines, read_jsonl
 from tuneforge.runs.folder import open_run
 
 FIELDS = ["pair_id", "prompt", "reference", "answer_a", "answer_b", "rating", "comment"]
@@ -25,7 +26,7 @@ def read_samples(run_dir: Path) -> list[dict]:
     path = run_dir / "eval" / "samples.jsonl"
     if not path.is_file():
         raise UserError(f"{run_dir}: no eval/samples.jsonl yet; run `tuneforge eval {run_dir}` first.")
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    return read_jsonl(path)
 
 
 def export_pairs(run_dir: Path, out: Path | None = None, models: tuple[str, str] = ("tuned", "base"),
@@ -114,7 +115,7 @@ def _read_rows(file: Path):
         raise UserError(f"{file}: no such ratings file.")
     try:
         if file.suffix == ".jsonl":
-            for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+            for number, line in enumerate(jsonl_lines(file.read_text(encoding="utf-8")), 1):
                 if line.strip():
                     try:
                         row = json.loads(line)

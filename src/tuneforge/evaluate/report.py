@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tuneforge.evaluate import plots
 from tuneforge.evaluate.table import LABELS, interval
+from tuneforge.jsonl import read_jsonl
 from tuneforge.runs.folder import read_metrics
 
 SIDE_BY_SIDE = 3  # samples shown at each end: the largest gains and the largest losses
@@ -79,7 +80,7 @@ def write_report(run_dir: Path) -> Path:
     plot_dir = out / "plots"
     plot_dir.mkdir(parents=True, exist_ok=True)
     metrics = json.loads((out / "metrics.json").read_text())
-    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text(encoding="utf-8").splitlines() if line]
+    samples = read_jsonl(out / "samples.jsonl")
     recipe_text = (run_dir / "recipe.yaml").read_text()
     models = ["base", "tuned", *metrics.get("runs", {})]
     doc = _Doc(f"Evaluation report: {run_dir.name}")

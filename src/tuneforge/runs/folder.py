@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from tuneforge.errors import UserError
+from tuneforge.jsonl import jsonl_lines
 
 
 def create_run_dir(runs_dir: Path, name: str, overwrite: bool = False) -> Path:
@@ -53,7 +54,7 @@ def read_metrics(run_dir: Path) -> list[dict]:
     if not path.is_file():
         return []
     records = []
-    for line in path.read_text().splitlines():
+    for line in jsonl_lines(path.read_text(encoding="utf-8")):
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError:  # a line cut short by a killed process
