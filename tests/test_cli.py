@@ -8,6 +8,7 @@ import pytest
 
 from conftest import arithmetic_rows, write_jsonl
 from tuneforge.cli.main import EXAMPLES
+from tuneforge.inference.session import ChatSession
 
 COMMANDS = list(EXAMPLES)  # every command and subcommand has an example
 
@@ -84,13 +85,22 @@ def test_bad_input_exits_2_with_one_clear_message(case, tmp_path, tiny_model):
 
 def test_train_generate_and_resume_hint(tmp_path, tiny_model):
     write_jsonl(tmp_path / "d.jsonl", arithmetic_rows(40))
-    out = tuneforge("train", str(_recipe(tmp_path, tiny_model, tmp_path / "d.jsonl")), cwd=tmp_path)
+    # a learning rate high enough for 2 steps to teach the answers' first words (the untrained tiny
+    # model ends its answer at once, and an empty answer would match anything)
+    out = tuneforge("train", str(_recipe(tmp_path, tiny_model, tmp_path / "d.jsonl", "  learning_rate: 0.05\n")),
+                    cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     # peft imports bitsandbytes, which on this CPU logged a failure to fetch an optional kernel
     assert "Failed to load" not in out.stderr and "kernels-community" not in out.stderr
     assert (tmp_path / "runs" / "cli" / "model" / "adapter_model.safetensors").is_file()
     out = tuneforge("generate", "runs/cli", "--prompt", "What is 2 plus 2?", "--max-new-tokens", "5", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
+    expected = ChatSession.from_run(tmp_path / "runs" / "cli").reply([{"role": "user", "content": "What is 2 plus 2?"}], 5)
+    assert expected.strip() and out.stdout == expected + "\n"  # what the library answers, and only that
+    base = tuneforge("generate", "runs/cli", "--prompt", "What is 2 plus 2?", "--max-new-tokens", "5", "--base",
+                     cwd=tmp_path)
+    assert base.stdout == ChatSession.from_run(tmp_path / "runs" / "cli", base=True).reply(
+        [{"role": "user", "content": "What is 2 plus 2?"}], 5) + "\n"
     out = tuneforge("train", "--resume", "runs/cli", cwd=tmp_path)
     assert out.returncode == 2 and "already finished" in out.stderr
 

@@ -21,6 +21,28 @@ from tuneforge.runs.table import compare_runs, list_runs
 from tuneforge.train.run import train
 
 
+PROSE = ["Return the square root of x.", "The answer is a number."]
+
+
+def _word_perplexity(run, texts: list[str]) -> float:
+    """lm-eval's word perplexity computed directly: each document's tokens scored after the end-of-text
+    token (the tiny tokenizer has no BOS), exp(-total log-likelihood / total words), on the merged model
+    in the evaluation's precision."""
+    import torch
+
+    from tuneforge.inference.run_models import RunModels
+
+    models = RunModels(run, "auto")
+    merged, tokenizer = models.tuned.merge_and_unload(), models.tokenizer
+    total = 0.0
+    for text in texts:
+        ids = [tokenizer.eos_token_id] + tokenizer(text, add_special_tokens=False)["input_ids"]
+        with torch.no_grad(), models.autocast():
+            logp = torch.log_softmax(merged(torch.tensor([ids])).logits[0].float(), -1)
+        total += float(sum(logp[i - 1, ids[i]] for i in range(1, len(ids))))
+    return float(torch.exp(torch.tensor(-total / sum(len(t.split()) for t in texts))))
+
+
 @pytest.fixture(scope="module")
 def evaluated(tiny_model, tmp_path_factory):
     """A LoRA run and a full fine-tune of the tiny model on the same data; the LoRA run evaluated against
@@ -33,7 +55,7 @@ def evaluated(tiny_model, tmp_path_factory):
            "eval": {"max_samples": 6, "max_new_tokens": 8, "batch_size": 4}}
     lora = train(validate_recipe(raw), tmp / "runs")
     full = train(validate_recipe(raw | {"name": "full", "method": "full"}), tmp / "runs")
-    tasks = text_task(tmp / "tasks", "local_prose", ["Return the square root of x.", "The answer is a number."])
+    tasks = text_task(tmp / "tasks", "local_prose", PROSE)
     metrics = evaluate_run(lora, compare=[full], lm_eval=["local_prose"], lm_eval_include=tasks)
     return lora, full, metrics
 
@@ -50,7 +72,9 @@ def test_eval_compares_other_runs_checks_forgetting_and_runs_lm_eval(evaluated):
     assert forgot["base"] == pytest.approx(metrics["base"]["general_text"]["token_perplexity"], rel=1e-6)
     assert forgot["change"] == pytest.approx(forgot["tuned"] / forgot["base"] - 1, abs=1e-3)
     assert forgot["flagged"] == (forgot["change"] > 0.10)
-    assert metrics["lm_eval"]["local_prose"]["word_perplexity"] > 1
+    # lm-eval's own bf16 autocast lands 0.3% from ours (its fp32 result is within 0.01%); a word or a
+    # token miscounted moves word perplexity by 10% or more
+    assert metrics["lm_eval"]["local_prose"]["word_perplexity"] == pytest.approx(_word_perplexity(lora, PROSE), rel=1e-2)
     samples = [json.loads(line) for line in (lora / "eval" / "samples.jsonl").read_text().splitlines()]
     assert all({"base", "tuned", "full"} <= s.keys() and set(s["scores"]) == {"base", "tuned", "full"} for s in samples)
 
@@ -66,6 +90,17 @@ def test_report_has_every_section_and_its_plots(evaluated):
         assert f"plots/{plot}" in report
     html = (lora / "eval" / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 3 and "src='plots/" not in html  # self-contained
+    # the Data section: the splits as trained, what preparation removed, the source pinned by its hash
+    manifest = json.loads((lora / "data" / "manifest.json").read_text())
+    encoding = json.loads((lora / "data" / "encoding.json").read_text())
+    data = report.split("## Data")[1].split("## Recipe")[0]
+    for split in ("train", "val", "test"):
+        row = f"| {split} | {manifest['counts']['final'][split]} | {encoding['tokens'][split]} | " \
+              f"{encoding['loss_tokens'][split]} | 0 |"
+        assert row in data, (row, data)
+    assert "120 rows read, 0 invalid" in data
+    source = manifest["sources"][0]
+    assert f"| {source['path']} | sha256 {source['sha256'][:16]} | 120 | 0 | messages 120 |" in data
 
 
 @needs_chromium

@@ -3,6 +3,8 @@ import math
 
 import numpy as np
 import pytest
+import sacrebleu
+from rouge_score import rouge_scorer
 
 from tuneforge.errors import UserError
 from tuneforge.evaluate.metrics import (METRICS, bleu, corpus_score, distinct, example_scores, paired_bootstrap,
@@ -16,6 +18,7 @@ PREDICTIONS = ["Return the square root of x.", "", "Return the the the the the v
                "Open a file and return a stream.", "Sort the list in place."]
 REFERENCES = ["Return the square root of x.", "Return the median of data.", "Return the absolute value.",
               "Open file and return a corresponding file object.", ""]
+SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)  # as ROUGE-L is reported
 
 
 def test_text_metrics_equal_the_libraries_called_directly():
@@ -96,19 +99,26 @@ def test_eval_writes_metrics_and_samples_for_base_and_tuned(tiny_recipe, tmp_pat
     metrics = evaluate_run(run)
     saved = json.loads((run / "eval" / "metrics.json").read_text())
     assert saved == metrics
+    samples = [json.loads(line) for line in (run / "eval" / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == saved["generated"] == 4
     for which in ("base", "tuned"):
         assert saved[which]["perplexity"] == pytest.approx(math.exp(saved[which]["loss"]), rel=1e-3)
-        assert 0 <= saved[which]["rouge_l"] <= 100 and saved[which]["bleu"] >= 0
+        answers, references = [s[which] for s in samples], [s["reference"] for s in samples]
+        direct_rouge = [100 * SCORER.score(r, a)["rougeL"].fmeasure for r, a in zip(references, answers)]
+        assert saved[which]["rouge_l"] == pytest.approx(sum(direct_rouge) / len(direct_rouge), abs=1e-3)
+        assert [s[f"rouge_l_{which}"] for s in samples] == pytest.approx(direct_rouge, abs=1e-3)
+        assert saved[which]["bleu"] == pytest.approx(sacrebleu.corpus_bleu(answers, [references]).score, abs=1e-3)
         assert set(saved[which]["scores"]) == {"perplexity", *METRICS}
         ppl = saved[which]["scores"]["perplexity"]
         assert ppl["value"] == pytest.approx(saved[which]["perplexity"], rel=1e-3) and ppl["low"] <= ppl["high"]
         assert saved[which]["scores"]["rougeL"]["value"] == pytest.approx(saved[which]["rouge_l"], abs=1e-3)
     for name, paired in saved["paired"].items():  # perplexity over every test example, the rest over answers
         n = saved["test_examples"] if name == "perplexity" else 4
-        assert paired["wins"] + paired["ties"] + paired["losses"] == n and 0 <= paired["p_value"] <= 1, name
+        assert paired["wins"] + paired["ties"] + paired["losses"] == n, name
+    # the paired test is the bootstrap over the per-example scores the samples hold, tuned against base
+    assert saved["paired"]["rougeL"] == paired_bootstrap([s["rouge_l_base"] for s in samples],
+                                                         [s["rouge_l_tuned"] for s in samples], seed=0)
     assert saved["base"]["loss"] != saved["tuned"]["loss"]
-    samples = [json.loads(line) for line in (run / "eval" / "samples.jsonl").read_text().splitlines()]
-    assert len(samples) == saved["generated"] == 4
     test_ids = set(json.loads((run / "data" / "manifest.json").read_text())["ids"]["test"])
     for sample in samples:
         assert {"id", "prompt", "reference", "base", "tuned", "rouge_l_base", "rouge_l_tuned"} <= sample.keys()

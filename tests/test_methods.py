@@ -54,12 +54,26 @@ def test_every_method_trains_its_parameters_and_nothing_else(method, tiny_recipe
             assert torch.equal(p, tuned.get_parameter(name)) == (name not in learned), name
 
 
-def test_adapter_runs_generate_with_and_without_their_adapter(tiny_recipe, tiny_tokenizer, tmp_path):
+def _greedy(model, tokenizer, ids: torch.Tensor, steps: int) -> str:
+    """Greedy decoding the slow way: the whole sequence through the model at every step, no cache."""
+    out = ids
+    for _ in range(steps):
+        token = model(input_ids=out, attention_mask=torch.ones_like(out)).logits[0, -1].argmax()
+        if token == tokenizer.eos_token_id:
+            break
+        out = torch.cat([out, token.view(1, 1)], dim=1)
+    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+
+
+def test_adapter_runs_generate_with_and_without_their_adapter(tiny_recipe, tiny_model, tiny_tokenizer, tmp_path):
+    """Generation through the adapter (KV cache, soft prompt in front) equals greedy decoding without a
+    cache; with the adapter switched off it is the untouched base model's, logits and text."""
     from tuneforge.data.tokenize import render_prompt
     from tuneforge.inference.generate import generate_batch
     from tuneforge.inference.run_models import RunModels
 
     prompt = render_prompt(tiny_tokenizer, [{"role": "user", "content": "What is 3 plus 3?"}])
+    plain = load_model(tiny_model).eval()
     for method in ("dora", "prompt_tuning"):
         run = train(tiny_recipe(method=method, name=method, prompt_tuning={"virtual_tokens": 4},
                                 train={"learning_rate": 5e-2}), tmp_path / "runs")
@@ -67,12 +81,17 @@ def test_adapter_runs_generate_with_and_without_their_adapter(tiny_recipe, tiny_
         enc = models.tokenizer([prompt], return_tensors="pt", add_special_tokens=False)
         with torch.no_grad():
             tuned_logits = models.tuned(**enc).logits[0, -1]
-            tuned = generate_batch(models.tuned, models.tokenizer, [prompt], 6, 1)
+            [tuned] = generate_batch(models.tuned, models.tokenizer, [prompt], 12, 1)
+            expected_tuned = _greedy(models.tuned, models.tokenizer, enc["input_ids"], 12)
             with models.base() as base:
                 base_logits = base(**enc).logits[0, -1]
-                untuned = generate_batch(base, models.tokenizer, [prompt], 6, 1)
-        assert len(tuned) == len(untuned) == 1
-        assert not torch.allclose(tuned_logits, base_logits, atol=1e-3), method  # the adapter is applied, and removable
+                [untuned] = generate_batch(base, models.tokenizer, [prompt], 12, 1)
+            plain_logits = plain(**enc).logits[0, -1]
+            [expected_untuned] = generate_batch(plain, tiny_tokenizer, [prompt], 12, 1)
+        assert tuned == expected_tuned, method
+        assert untuned == expected_untuned, method  # removable: exactly the base model again
+        torch.testing.assert_close(base_logits, plain_logits, rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(tuned_logits, base_logits, atol=1e-3), method  # and applied
 
 
 def test_gradient_checkpointing_gives_the_same_gradient(tiny_model, tiny_tokenizer):
@@ -88,11 +107,19 @@ def test_gradient_checkpointing_gives_the_same_gradient(tiny_model, tiny_tokeniz
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-7)
 
 
-def test_compiled_blocks_train(tiny_recipe, tmp_path):
-    run = train(tiny_recipe(method="full", train={"compile": True, "max_steps": 2, "eval_every": 2,
-                                                  "save_every": 2}), tmp_path / "runs")
-    losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
-    assert len(losses) == 2 and all(loss > 0 for loss in losses)
+def test_compiled_blocks_train_as_eager_ones_do(tiny_recipe, tmp_path):
+    """torch.compile of the blocks changes kernels, not the arithmetic: the same steps log the same
+    losses within float32 reassociation (measured differences are ~1e-7; 1e-5 relative allowed)."""
+    losses = {}
+    for compiled in (True, False):
+        run = train(tiny_recipe(method="full", name=f"compile-{compiled}",
+                                train={"compile": compiled, "max_steps": 3, "eval_every": 3, "save_every": 3,
+                                       "learning_rate": 1e-2}), tmp_path / "runs")
+        losses[compiled] = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()
+                            if '"loss"' in line]
+    assert len(losses[True]) == 3
+    assert losses[True] == pytest.approx(losses[False], rel=1e-5)
+    assert losses[False][0] != losses[False][-1]  # the steps learnt: a later loss is compared too
 
 
 def test_lora_with_b_zero_equals_the_base_model(tiny_recipe, tiny_model, tiny_tokenizer):

@@ -1,4 +1,9 @@
+import json
+import shutil
+
 import pytest
+import torch
+from transformers import AutoTokenizer
 
 from tuneforge.errors import UserError
 from tuneforge.models.catalog import CATALOG, DEFAULT_MODEL
@@ -6,11 +11,27 @@ from tuneforge.models.loader import load_model, load_tokenizer, resolve_model
 from tuneforge.models.table import memory_gib
 
 
-def test_local_folder_goes_through_the_same_loader(tiny_model):
+def test_local_folder_goes_through_the_same_loader(tiny_model, tmp_path):
+    """A local folder resolves to itself; the loader gives exactly its saved weights and its tokenizer,
+    and a tokenizer without a pad token gets the end-of-sequence token as pad."""
+    from safetensors.torch import load_file
+    from tokenizers import Tokenizer
+
     folder = resolve_model(str(tiny_model))
     assert folder == tiny_model
     model, tokenizer = load_model(folder), load_tokenizer(folder)
-    assert model.config.vocab_size == len(tokenizer) and tokenizer.pad_token is not None
+    saved = load_file(folder / "model.safetensors")
+    state = model.state_dict()
+    assert saved.keys() <= state.keys() and all(torch.equal(state[k], v) for k, v in saved.items())
+    text = "What is the sum of two numbers?"
+    assert tokenizer(text, add_special_tokens=False)["input_ids"] == Tokenizer.from_file(
+        str(folder / "tokenizer.json")).encode(text, add_special_tokens=False).ids
+    no_pad = tmp_path / "no-pad"
+    shutil.copytree(folder, no_pad)
+    config = json.loads((no_pad / "tokenizer_config.json").read_text())
+    (no_pad / "tokenizer_config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "pad_token"}))
+    assert AutoTokenizer.from_pretrained(no_pad).pad_token is None
+    assert load_tokenizer(no_pad).pad_token == tokenizer.eos_token == "<|im_end|>"
 
 
 def test_folder_without_config_is_refused(tmp_path):

@@ -1,22 +1,74 @@
+import itertools
+import re
 from pathlib import Path
 
 import pytest
+from transformers import AutoConfig, PreTrainedModel
 
+from tuneforge.data import pipeline
+from tuneforge.data.prepare import prepare_data
+from tuneforge.data.tokenize import ensure_chat_template
 from tuneforge.errors import UserError
+from tuneforge.models import loader
 from tuneforge.recipe import Recipe, load_recipe
 
-RECIPES = sorted((Path(__file__).parents[1] / "recipes").rglob("*.yaml"))
+ROOT = Path(__file__).parents[1]
+RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))
+
+
+def _expected_trainable(recipe: Recipe, config) -> tuple[int, int]:
+    """(trainable, total) parameters of a Llama-style model under the recipe's method, from its config
+    alone: what the plan, which counts them on a meta-device copy with the method applied, must find."""
+    h, inter, layers, vocab = config.hidden_size, config.intermediate_size, config.num_hidden_layers, config.vocab_size
+    kv = config.num_key_value_heads * getattr(config, "head_dim", h // config.num_attention_heads)
+    linears = [(h, h), (h, kv), (h, kv), (h, h), (h, inter), (h, inter), (inter, h)]  # q k v o gate up down
+    block = sum(i * o for i, o in linears) + 2 * h  # and its two norms
+    total = layers * block + h + vocab * h * (1 if config.tie_word_embeddings else 2)
+    if recipe.method == "full":
+        return total, total
+    if recipe.method == "freeze":
+        return recipe.freeze.trainable_blocks * block + h, total
+    assert recipe.method == "lora" and recipe.lora.target_modules == "all-linear", "extend for this recipe"
+    adapters = layers * sum(recipe.lora.r * (i + o) for i, o in linears)
+    return adapters, total + adapters
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=[p.name for p in RECIPES])
-def test_every_shipped_recipe_validates(path):
+def test_every_shipped_recipe_plans_end_to_end_without_loading_weights(path, tmp_path, monkeypatch):
+    """Validated, its data prepared (the first 300 rows of each source), planned on a meta-device
+    model: the plan's parameters, batch split, steps and learning rate are the recipe's."""
+    from tuneforge.train.run import plan_training
+
+    monkeypatch.chdir(ROOT)  # recipes name their data relative to the repository
     recipe = load_recipe(path)
-    assert recipe.name
-    assert recipe.learning_rate() > 0
+    asked = recipe.model_copy(deep=True)
+    model_dir = loader.resolve_model(recipe.model.name)
+    tokenizer = loader.load_tokenizer(model_dir)
+    ensure_chat_template(tokenizer)
+    read = pipeline.read_source
+    monkeypatch.setattr(pipeline, "read_source", lambda spec, chars: itertools.islice(read(spec, chars), 300))
+    manifest = prepare_data(recipe, tokenizer, tmp_path / "data")
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("planning loaded weights")
+
+    monkeypatch.setattr(PreTrainedModel, "from_pretrained", classmethod(no_weights))
+    setup = plan_training(recipe, tmp_path / "data")
+    plan, shape = setup.plan, setup.shape
+    assert (shape.trainable_params, shape.total_params) == _expected_trainable(asked, AutoConfig.from_pretrained(model_dir))
+    assert plan.micro_batch * plan.accumulation == asked.train.global_batch_size
+    n_train = manifest["counts"]["final"]["train"]
+    steps = asked.train.max_steps or round(max(1, n_train // asked.train.global_batch_size) * asked.train.epochs)
+    assert plan.total_steps == steps and plan.warmup_steps == round(steps * asked.train.warmup_ratio)
+    assert 0 < plan.memory.total <= plan.available
+    resolved = setup.recipe.train
+    assert resolved.learning_rate == asked.learning_rate() and resolved.max_steps == steps
+    assert resolved.micro_batch_size == plan.micro_batch
 
 
-def test_recipes_folder_is_not_empty():
-    assert RECIPES
+def test_the_readme_lists_the_shipped_recipes():
+    line = next(line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("Shipped recipes:"))
+    assert sorted(re.findall(r"([\w-]+\.yaml)", line)) == sorted(p.name for p in RECIPES) != []
 
 
 def _write(tmp_path, text: str) -> Path:

@@ -93,8 +93,11 @@ def test_each_model_answers_as_tuneforge_generate_does(server, runs):
     base = ChatSession(RunModels(runs["lora-a"]), base=True)
     assert ask(server.client, server.base, QUESTIONS[0]).strip() == \
         base.reply([{"role": "user", "content": QUESTIONS[0]}], max_new_tokens=12)
-    assert ask(server.client, "lora-a", QUESTIONS[1]) != ask(server.client, "lora-b", QUESTIONS[1]) or \
-        ask(server.client, "lora-a", QUESTIONS[0]) != ask(server.client, "lora-b", QUESTIONS[0])
+    # the two adapters are different models through the API too: the same prompt scores differently
+    echo = {name: server.client.completions.create(model=name, prompt=QUESTIONS[0], max_tokens=0, echo=True,
+                                                   logprobs=0).choices[0].logprobs.token_logprobs[1:]
+            for name in ("lora-a", "lora-b")}
+    assert echo["lora-a"] != pytest.approx(echo["lora-b"], abs=1e-4)
 
 
 def test_concurrent_requests_are_batched_and_answer_as_one_at_a_time(server):
@@ -191,7 +194,7 @@ def test_completions_prompt_shapes_echo_and_logprobs(server, runs):
                for top, lp_ in zip(lp.top_logprobs[1:], lp.token_logprobs[1:]))
 
 
-def test_lm_eval_local_completions_runs_a_local_task_against_the_server(server, tiny_model, tmp_path):
+def test_lm_eval_local_completions_runs_a_local_task_against_the_server(server, runs, tiny_model, tmp_path):
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
@@ -209,9 +212,24 @@ def test_lm_eval_local_completions_runs_a_local_task_against_the_server(server, 
     results = simple_evaluate(
         model="local-completions", tasks=["tiny_qa", "tiny_ll"], task_manager=TaskManager(include_path=str(tmp_path)),
         model_args=f"model=full,base_url={server.url}/v1/completions,tokenizer_backend=huggingface,"
-                   f"tokenizer={tiny_model},num_concurrent=2,max_retries=1")
+                   f"tokenizer={tiny_model},num_concurrent=2,max_retries=1", log_samples=True)
     assert "exact_match,none" in results["results"]["tiny_qa"]
-    assert 0 <= results["results"]["tiny_ll"]["acc,none"] <= 1
+    # accuracy from the server's echoed logprobs equals the model's own choice between the two answers,
+    # computed here directly as lm-eval defines it (context + " " + choice, scored on the choice's tokens)
+    model, tokenizer = RunModels(runs["full"]).tuned, server.app.state.pool.tokenizers["full"]
+
+    def loglikelihood(context: str, continuation: str) -> float:
+        whole = tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
+        start = len(tokenizer(context, add_special_tokens=False)["input_ids"])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([whole])).logits[0].float(), -1)
+        return float(sum(logp[i - 1, whole[i]] for i in range(start, len(whole))))
+
+    direct = [[loglikelihood(q, " " + choice) for choice in ("4", "five")] for q in QUESTIONS[:4]]
+    served = {s["doc_id"]: [r[0] for r in s["filtered_resps"]] for s in results["samples"]["tiny_ll"]}
+    assert [served[i] for i in range(4)] == [pytest.approx(d, abs=1e-4) for d in direct]
+    picks = [scores.index(max(scores)) for scores in direct]
+    assert results["results"]["tiny_ll"]["acc,none"] == pytest.approx(sum(p == 0 for p in picks) / 4)
     assert len(server.store.recent(1000)) >= len(before) + 4 + 8  # every request went through the API
 
 
@@ -305,7 +323,8 @@ def test_serve_command_with_an_api_key_from_the_environment(runs, tiny_model, tm
                              {"Authorization": "Bearer wrong"})
         assert status == 401 and error["error"]["code"] == "invalid_api_key"
         client = OpenAI(base_url=f"{url}/v1", api_key="s3cret", max_retries=0)
-        assert ask(client, "lora-a", "hi", max_tokens=4) is not None
+        expected = ChatSession(RunModels(runs["lora-a"])).reply([{"role": "user", "content": "hi"}], max_new_tokens=4)
+        assert ask(client, "lora-a", "hi", max_tokens=4).strip() == expected  # the key let the request through
         # a second server on the same port: a clear error, exit 2
         busy = subprocess.run([sys.executable, "-m", "tuneforge", "serve", str(runs["lora-a"]), "--port", str(port)],
                               capture_output=True, text=True)

@@ -124,9 +124,9 @@ def test_resume_reaches_the_same_weights(tiny_recipe, tmp_path):
     b = load_file(interrupted / "model" / "adapter_model.safetensors")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    steps = [json.loads(line)["step"] for line in (interrupted / "metrics.jsonl").read_text().splitlines()
-             if '"loss"' in line]
-    assert steps == [1, 2, 3, 4, 5, 6]  # no step logged twice
+    metrics = [json.loads(line) for line in (interrupted / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics if "loss" in m] == [1, 2, 3, 4, 5, 6]  # no step logged twice or lost
+    assert [m["step"] for m in metrics if "val_loss" in m] == [0, 2, 4, 6]  # nor a validation
 
 
 def test_existing_run_is_never_overwritten(tiny_recipe, tmp_path):

@@ -187,13 +187,33 @@ def _judge_and_ratings(doc: _Doc, out: Path) -> None:
 
 
 def _data(doc: _Doc, run_dir: Path) -> None:
+    """Per split: examples, tokens and loss tokens as trained (data/encoding.json); what preparation
+    removed; the sources with their hashes (data/manifest.json)."""
     path = run_dir / "data" / "manifest.json"
     if not path.is_file():
         return
     manifest = json.loads(path.read_text())
+    encoding = json.loads((run_dir / "data" / "encoding.json").read_text())
+    counts = manifest["counts"]
     doc.heading("Data")
-    counts, tokens = manifest.get("counts", {}), manifest.get("tokens", {})
-    doc.table(["split", "examples", "tokens", "loss tokens"],
-              [[s, counts.get(s, ""), tokens.get(s, ""), manifest.get("loss_tokens", {}).get(s, "")] for s in counts])
-    source = manifest.get("source") or manifest.get("sources")
-    doc.code(json.dumps(source, indent=1))
+    doc.table(["split", "examples", "tokens", "loss tokens", f"cut at {encoding['max_length']} tokens"],
+              [[split, counts["final"][split], encoding["tokens"][split], encoding["loss_tokens"][split],
+                encoding["truncated"][split]] for split in ("train", "val", "test")])
+    leaked = sum(n for split in counts["leakage_removed"].values() for n in split.values())
+    doc.para(f"{counts['read']} rows read, {counts['invalid']} invalid, {counts['exact_duplicates']} exact and "
+             f"{counts['near_duplicates']} near duplicates removed, {leaked} val / test rows removed as leaked "
+             f"from train, {counts['too_short'] + counts['too_long']} outside the length limits.")
+    doc.table(["source", "content", "rows", "invalid", "formats"],
+              [[*_source_identity(s), s["rows"], s["invalid"], ", ".join(f"{k} {v}" for k, v in s["formats"].items())]
+               for s in manifest["sources"]])
+
+
+def _source_identity(source: dict) -> tuple[str, str]:
+    """(what the source is, what pins its content) from its fingerprint (data/sources.py)."""
+    if source["kind"] == "pydocs":
+        return "pydocs (the Python documentation)", f"Python {source['python']}"
+    if source["kind"] == "hub":
+        return f"hub {source['id']}", f"split {source['split']}" + (f", config {source['config']}" if source["config"] else "")
+    return source["path"], f"sha256 {source['sha256'][:16]}"
+
+
