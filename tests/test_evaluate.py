@@ -95,12 +95,14 @@ def test_paired_bootstrap_counts_wins_and_finds_a_real_difference():
 
 
 def test_eval_writes_metrics_and_samples_for_base_and_tuned(tiny_recipe, tmp_path):
-    run = train(tiny_recipe(train={"max_steps": 4}), tmp_path / "runs")
+    # trained hard enough to answer in words (the untrained tiny model answers nothing: every score 0)
+    run = train(tiny_recipe(train={"max_steps": 12, "learning_rate": 5e-2}), tmp_path / "runs")
     metrics = evaluate_run(run)
     saved = json.loads((run / "eval" / "metrics.json").read_text())
     assert saved == metrics
     samples = [json.loads(line) for line in (run / "eval" / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == saved["generated"] == 4
+    assert all(s["tuned"].strip() for s in samples) and saved["tuned"]["rouge_l"] > 0
     for which in ("base", "tuned"):
         assert saved[which]["perplexity"] == pytest.approx(math.exp(saved[which]["loss"]), rel=1e-3)
         answers, references = [s[which] for s in samples], [s["reference"] for s in samples]

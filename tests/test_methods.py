@@ -67,7 +67,8 @@ def _greedy(model, tokenizer, ids: torch.Tensor, steps: int) -> str:
 
 def test_adapter_runs_generate_with_and_without_their_adapter(tiny_recipe, tiny_model, tiny_tokenizer, tmp_path):
     """Generation through the adapter (KV cache, soft prompt in front) equals greedy decoding without a
-    cache; with the adapter switched off it is the untouched base model's, logits and text."""
+    cache; with the adapter switched off the model is the untouched base model again, at every position
+    of the tuned answer."""
     from tuneforge.data.tokenize import render_prompt
     from tuneforge.inference.generate import generate_batch
     from tuneforge.inference.run_models import RunModels
@@ -76,22 +77,21 @@ def test_adapter_runs_generate_with_and_without_their_adapter(tiny_recipe, tiny_
     plain = load_model(tiny_model).eval()
     for method in ("dora", "prompt_tuning"):
         run = train(tiny_recipe(method=method, name=method, prompt_tuning={"virtual_tokens": 4},
-                                train={"learning_rate": 5e-2}), tmp_path / "runs")
+                                train={"learning_rate": 5e-2, "max_steps": 12}), tmp_path / "runs")
         models = RunModels(run)
         enc = models.tokenizer([prompt], return_tensors="pt", add_special_tokens=False)
         with torch.no_grad():
-            tuned_logits = models.tuned(**enc).logits[0, -1]
             [tuned] = generate_batch(models.tuned, models.tokenizer, [prompt], 12, 1)
-            expected_tuned = _greedy(models.tuned, models.tokenizer, enc["input_ids"], 12)
+            assert tuned == _greedy(models.tuned, models.tokenizer, enc["input_ids"], 12), method
+            answer = models.tokenizer([prompt + tuned], return_tensors="pt", add_special_tokens=False)
+            tuned_logits = models.tuned(**answer).logits
             with models.base() as base:
-                base_logits = base(**enc).logits[0, -1]
-                [untuned] = generate_batch(base, models.tokenizer, [prompt], 12, 1)
-            plain_logits = plain(**enc).logits[0, -1]
-            [expected_untuned] = generate_batch(plain, tiny_tokenizer, [prompt], 12, 1)
-        assert tuned == expected_tuned, method
-        assert untuned == expected_untuned, method  # removable: exactly the base model again
-        torch.testing.assert_close(base_logits, plain_logits, rtol=1e-5, atol=1e-6)
-        assert not torch.allclose(tuned_logits, base_logits, atol=1e-3), method  # and applied
+                base_logits = base(**answer).logits
+            plain_logits = plain(**answer).logits
+        if method == "dora":
+            assert tuned.strip(), "the tuned model answers nothing: the comparisons above would be empty"
+        torch.testing.assert_close(base_logits, plain_logits, rtol=1e-5, atol=1e-6)  # removable
+        assert not torch.allclose(tuned_logits[0, -1], base_logits[0, -1], atol=1e-3), method  # and applied
 
 
 def test_gradient_checkpointing_gives_the_same_gradient(tiny_model, tiny_tokenizer):
