@@ -37,6 +37,7 @@ SEMANTIC = {
     "n": st.integers(1, 3),
     "logit_bias": st.none() | st.dictionaries(st.integers(0, 338).map(str), st.floats(-100, 100), max_size=3),
     "stream": st.booleans(),
+    "stream_options": st.none(),
     # OpenAI fields refused unless left at their defaults: the valid bodies keep the defaults (the
     # mutations give them other values)
     **{name: st.none() for name in ("tools", "functions", "tool_choice", "function_call", "parallel_tool_calls",

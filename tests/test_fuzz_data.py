@@ -40,7 +40,7 @@ ROWS = {
 def broken(draw, row):
     """A row with one field retyped, removed, made huge, or the row itself replaced."""
     row = dict(row)
-    kind = draw(st.sampled_from(["retype", "remove", "huge", "extra", "replace", "id"]))
+    kind = draw(st.sampled_from(["retype", "remove", "huge", "extra", "replace", "id", "deep"]))
     key = draw(st.sampled_from(sorted(row)))
     if kind == "retype":
         row[key] = draw(JSON_VALUES)
@@ -52,6 +52,11 @@ def broken(draw, row):
         row[draw(TEXT)] = draw(JSON_VALUES)
     elif kind == "id":
         row["id"] = draw(JSON_VALUES)
+    elif kind == "deep":
+        value = row[key]
+        for _ in range(draw(st.sampled_from([40, 2_000, 30_000]))):
+            value = [value]
+        row[key] = value
     else:
         return draw(JSON_VALUES)
     return row

@@ -38,7 +38,9 @@ def yaml_documents():
     lines = st.lists(st.tuples(st.sampled_from(["", "  ", "    "]), st.sampled_from(sorted(KEYS)) | ODD_TEXT,
                                YAML_SCALARS | EDGE_TEXT | ODD_TEXT), max_size=8).map(
         lambda ls: "".join(f"{indent}{key.split('.')[-1]}: {value}\n" for indent, key, value in ls))
-    return structured | lines | st.text(max_size=200) | YAML_SCALARS | st.sampled_from([p.read_text() for p in SHIPPED])
+    deep = st.tuples(st.integers(50, 20_000), st.sampled_from(["[", "{a: "])).map(
+        lambda d: "train: " + d[1] * d[0] + ("]" if d[1] == "[" else "}") * d[0] + "\n")
+    return structured | lines | deep | st.text(max_size=200) | YAML_SCALARS | st.sampled_from([p.read_text() for p in SHIPPED])
 
 
 @fuzz(examples=400)

@@ -328,6 +328,9 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise UserError(f"{where}: not valid YAML ({getattr(e, 'problem', e)}). Fix the syntax at that line.") from None
+    except RecursionError:  # PyYAML composes nested lists and mappings recursively
+        raise UserError(f"{path}: nests lists and mappings thousands of levels deep; a recipe is a few levels "
+                        "of sections and keys. Start from one in recipes/.") from None
     if raw is None or raw == {}:
         raise UserError(f"{path}: the recipe is empty (no keys, only comments or blank lines). A recipe names at "
                         "least what to train on, for instance `name: my-run` and `data: {sources: [my-data.jsonl]}`; "

@@ -8,7 +8,7 @@ from pathlib import Path
 from tuneforge.errors import UserError
 from tuneforge.evaluate.run import evaluate_run
 from tuneforge.evaluate.table import format_comparison, format_side_by_side
-from tuneforge.jsonl import read_jsonl
+from tuneforge.json_text import read_jsonl
 from tuneforge.recipe import load_recipe
 from tuneforge.train.run import train
 

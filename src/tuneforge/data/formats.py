@@ -11,6 +11,7 @@ import hashlib
 import json
 
 from tuneforge.errors import RowError
+from tuneforge.json_text import MAX_NESTING, loads, nested_deeper_than
 from tuneforge.recipe import SourceSpec
 
 # Format -> the fields it needs, in detection order (the first whose fields a row has wins).
@@ -126,9 +127,11 @@ class RowReader:
     def _turns(self, value, field: str, role_key: str, content_key: str, roles: dict[str, str]) -> list[dict]:
         if isinstance(value, str) and value.lstrip().startswith("["):  # a JSON list stored in a CSV/Parquet cell
             try:
-                value = json.loads(value)
+                value = loads(value)
             except json.JSONDecodeError as e:
                 raise RowError(f"`{field}` is a string that is not valid JSON ({e.msg}).", field) from None
+            if nested_deeper_than(value, MAX_NESTING):
+                raise RowError(f"`{field}` nests lists and objects more than {MAX_NESTING} levels deep.", field)
         if not isinstance(value, list) or not value:
             raise RowError(f"`{field}` must be a non-empty list of {{{role_key}, {content_key}}} objects, "
                            f"got {type(value).__name__}.", field)

@@ -25,6 +25,7 @@ from tuneforge.data.split import SPLITS, TRAIN, assign_splits, unit_hash
 from tuneforge.data.tokenize import token_lengths
 from tuneforge.data.validate import check_example
 from tuneforge.errors import RowError, UserError
+from tuneforge.json_text import MAX_NESTING, nested_deeper_than
 from tuneforge.recipe import Recipe
 
 # Why a valid row did not reach the split files (KEPT: it did).
@@ -166,6 +167,8 @@ def read_all(recipe: Recipe, tokenizer, fingerprints: list[dict], work: Path,
 def _validated(row, reader: RowReader, cleaner: Cleaner, max_chars: int, user_ids: dict, source: int):
     if isinstance(row, RowError):
         raise row
+    if nested_deeper_than(row, MAX_NESTING):  # before anything recurses into it
+        raise RowError(f"nests lists and objects more than {MAX_NESTING} levels deep; no row format does.")
     fmt, example = reader.example(row)
     changed = cleaner.example(example)
     check_example(example, max_chars)
@@ -185,7 +188,7 @@ def _reason(error: RowError) -> str:
 
 
 def _excerpt(row) -> str:
-    if isinstance(row, dict):
+    if isinstance(row, dict) and not nested_deeper_than(row, MAX_NESTING):
         return json.dumps(row, ensure_ascii=False, default=str)[:1000]
     return ""
 

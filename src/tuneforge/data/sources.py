@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tuneforge.errors import RowError, UserError
+from tuneforge.json_text import MAX_NESTING, loads
 from tuneforge.recipe import SourceSpec
 
 SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv",
@@ -165,7 +166,7 @@ def _jsonl(path: Path, encoding: str | None, max_row_chars: int) -> Rows:
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            row = loads(line)
         except json.JSONDecodeError as e:
             yield where, RowError(f"not valid JSON ({e.msg} at column {e.colno}); each line must be one JSON object.")
             continue
@@ -186,6 +187,7 @@ def _json(path: Path, field: str | None, encoding: str | None) -> Rows:
     if prefix is None:
         prefix = f"{field}.item" if field else _first_list_key(path, encoding)
     try:
+        _check_nesting(path, encoding)
         with _binary_utf8(path, encoding) as f:
             for number, row in enumerate(ijson.items(f, prefix, use_float=True), start=1):
                 where = f"{path}:item {number}"
@@ -193,6 +195,24 @@ def _json(path: Path, field: str | None, encoding: str | None) -> Rows:
                     f"is a JSON {type(row).__name__}, expected an object with the row's fields.")
     except ijson.JSONError as e:
         raise _not_json(path, encoding, e) from None
+
+
+def _check_nesting(path: Path, encoding: str) -> None:
+    """Refuse a JSON file nested deeper than any rows file is, before ijson builds its rows: ijson's C
+    builder slows down with depth without bound (a 400 KB file nested 200,000 deep ran for minutes
+    and grew until killed). One pass over the parse events costs ~1 s per 20 MB."""
+    import ijson
+
+    depth, limit = 0, MAX_NESTING + 2  # the rows' own levels, inside the array and an object holding it
+    with _binary_utf8(path, encoding) as f:
+        for event, _ in ijson.basic_parse(f):
+            if event in ("start_array", "start_map"):
+                depth += 1
+                if depth > limit:
+                    raise UserError(f"{path}: arrays and objects nest more than {limit} levels deep; rows in a "
+                                    "JSON file are an array of objects a few levels deep. Is it the right file?")
+            elif event in ("end_array", "end_map"):
+                depth -= 1
 
 
 def _first_char(path: Path, encoding: str) -> str:
@@ -232,7 +252,7 @@ def _not_json(path: Path, encoding: str, error: Exception) -> UserError:
     where = ""
     try:
         if raw:
-            json.loads(raw.decode(encoding, errors="replace"))
+            loads(raw.decode(encoding, errors="replace"))
     except json.JSONDecodeError as e:
         where = f" at line {e.lineno} column {e.colno}"
     detail = error.args[0] if error.args else error

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from tuneforge.errors import UserError
-from tuneforge.jsonl import jsonl_lines
+from tuneforge.json_text import jsonl_lines, loads
 
 SHIPPED = Path(__file__).parent / "data" / "general_text.jsonl"
 
@@ -32,7 +32,7 @@ def load_general_text(path: str | None) -> tuple[str, list[str]]:
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                row = loads(line)
             except json.JSONDecodeError as e:
                 raise UserError(f"{file}:{number}: not valid JSON ({e.msg}). Each line must be an object "
                                 "like {\"text\": \"...\"}.") from None

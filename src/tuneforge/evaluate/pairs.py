@@ -15,7 +15,7 @@ import random
 from pathlib import Path
 
 from tuneforge.errors import UserError
-from tuneforge.jsonl import jsonl_lines, read_jsonl
+from tuneforge.json_text import jsonl_lines, loads, read_jsonl
 from tuneforge.runs.folder import open_run
 
 FIELDS = ["pair_id", "prompt", "reference", "answer_a", "answer_b", "rating", "comment"]
@@ -118,7 +118,7 @@ def _read_rows(file: Path):
             for number, line in enumerate(jsonl_lines(file.read_text(encoding="utf-8")), 1):
                 if line.strip():
                     try:
-                        row = json.loads(line)
+                        row = loads(line)
                     except json.JSONDecodeError as e:
                         raise UserError(f"{file}:{number}: not valid JSON ({e.msg}).") from None
                     if not isinstance(row, dict):

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from tuneforge.errors import UserError
-from tuneforge.jsonl import jsonl_lines
+from tuneforge.json_text import jsonl_lines
 
 
 def create_run_dir(runs_dir: Path, name: str, overwrite: bool = False) -> Path:

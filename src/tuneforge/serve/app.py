@@ -5,19 +5,18 @@ import asyncio
 import json
 import logging
 import math
-import re
 import secrets
 import time
 from dataclasses import dataclass
 from importlib import resources
 
-import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
+from tuneforge.json_text import MAX_NESTING, text_nesting
 from tuneforge.serve.engine import Engine, Finished, Job, QueueFull, Sampling
 from tuneforge.serve.models import ModelPool
 from tuneforge.serve.schemas import ChatRequest, CompletionRequest, FeedbackRequest
@@ -29,7 +28,7 @@ class Limits:
     max_tokens: int = 2048  # most tokens one choice may generate
     max_rows: int = 64  # prompts x n in one request
     max_body_bytes: int = 1 << 20
-    max_depth: int = 32  # JSON nesting (OpenAI's bodies need 5); deeper is refused before it is parsed
+    max_depth: int = MAX_NESTING  # JSON nesting; deeper is refused before it is parsed
     request_timeout: float = 600.0  # seconds from arrival to the last token, queueing included
 
 
@@ -353,24 +352,12 @@ async def _body(request: Request, limits: Limits) -> bytes:
     return bytes(raw)
 
 
-_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
-_DEPTH_STEP = np.zeros(256, np.int8)
-_DEPTH_STEP[list(b"[{")], _DEPTH_STEP[list(b"]}")] = 1, -1
-
-
-def _nesting(raw: bytes) -> int:
-    """How deep arrays and objects nest in a JSON text, counted on the bytes (strings removed first), so
-    that a deeply nested body is refused before the parser recurses into it."""
-    steps = _DEPTH_STEP[np.frombuffer(_JSON_STRING.sub(b"", raw), np.uint8)]
-    return int(np.cumsum(steps, dtype=np.int64).max(initial=0))
-
-
 def _not_json(constant: str):
     raise ValueError(f"{constant} is not a JSON value; send numbers as finite decimals")
 
 
 def _parse(raw: bytes, schema, limits: Limits):
-    depth = _nesting(raw)
+    depth = text_nesting(raw)
     if depth > limits.max_depth:
         raise APIError(400, f"The request body nests arrays and objects {depth} deep; this server accepts at most "
                             f"{limits.max_depth}.")

@@ -272,7 +272,7 @@ class Row:
         if self.finished:
             return text
         text = text.rstrip("\ufffd")
-        hold = max((n for stop in self.job.sampling.stop for n in range(1, len(stop))
+        hold = max((n for stop in self.job.sampling.stop for n in range(1, min(len(stop), len(text) + 1))
                     if text.endswith(stop[:n])), default=0)
         return text[:len(text) - hold]
 

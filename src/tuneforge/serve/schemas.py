@@ -10,6 +10,7 @@ from pydantic_core import PydanticCustomError
 
 INT64 = (-(1 << 63), (1 << 63) - 1)
 MAX_STOPS = 16
+MAX_STOP_CHARS = 256  # each is looked for at every token, with every partial match held back
 
 
 def refused(message: str) -> PydanticCustomError:
@@ -42,12 +43,12 @@ _OTHER_PARTS = {"image_url": "images", "input_image": "images", "input_audio": "
 
 class Message(Strict):
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart] | None = None
+    content: str | list[TextPart]
 
     @field_validator("content", mode="before")
     @classmethod
     def _text_parts_only(cls, value):
-        if value is None or isinstance(value, str):
+        if isinstance(value, str):
             return value
         if not isinstance(value, list):
             raise refused("content is a string or a list of {\"type\": \"text\", \"text\": ...} parts.")
@@ -63,7 +64,7 @@ class Message(Strict):
     def text(self) -> str:
         if isinstance(self.content, list):
             return "".join(part.text for part in self.content)
-        return self.content or ""
+        return self.content
 
 
 class Sampled(Strict):
@@ -86,10 +87,12 @@ class Sampled(Strict):
     @field_validator("stop", mode="before")
     @classmethod
     def _strings(cls, value):
-        if value is None or isinstance(value, str) or (isinstance(value, list) and len(value) <= MAX_STOPS
-                                                        and all(isinstance(v, str) for v in value)):
+        stops = [value] if isinstance(value, str) else value
+        if value is None or (isinstance(stops, list) and len(stops) <= MAX_STOPS and all(
+                isinstance(v, str) and len(v) <= MAX_STOP_CHARS for v in stops)):
             return value
-        raise refused(f"stop is a string or a list of at most {MAX_STOPS} strings.")
+        raise refused(f"stop is a string or a list of at most {MAX_STOPS} strings of at most {MAX_STOP_CHARS} "
+                      "characters.")
 
     @field_validator("logit_bias")
     @classmethod
@@ -111,6 +114,12 @@ class StreamOptions(Strict):
     include_usage: bool = False
 
 
+def _needs_stream(value, info):
+    if value is not None and not info.data.get("stream"):
+        raise refused("stream_options applies to streamed answers only; send stream: true or leave it out.")
+    return value
+
+
 def _refuse_tools(value, allowed=()):
     """OpenAI's function-calling fields pass only with their defaults (absent, [] or `allowed`)."""
     if value is None or value == [] or value in allowed:
@@ -126,12 +135,20 @@ class ChatRequest(Sampled):
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
     stream_options: StreamOptions | None = None
+    _stream_options = field_validator("stream_options")(_needs_stream)
     tools: list[Any] | None = None
     tool_choice: Any = None
     functions: list[Any] | None = None
     function_call: Any = None
     parallel_tool_calls: bool | None = None
     response_format: dict | None = None
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _with_logprobs(cls, value, info):
+        if value is not None and not info.data.get("logprobs"):
+            raise refused("top_logprobs needs logprobs: true (it says how many alternatives each logprob lists).")
+        return value
 
     @field_validator("tools", "functions", "tool_choice", "function_call", "parallel_tool_calls")
     @classmethod
@@ -154,6 +171,7 @@ class CompletionRequest(Sampled):
     logprobs: int | None = Field(None, ge=0, le=20)
     echo: bool = False
     stream_options: StreamOptions | None = None
+    _stream_options = field_validator("stream_options")(_needs_stream)
     best_of: int | None = None
     suffix: str | None = None
 
