@@ -378,3 +378,12 @@ def test_chat_logprobs_are_the_models_own(server, run):
         assert c.bytes == list(c.token.encode())
     without = server.client.chat.completions.create(model="hard", messages=HI, temperature=0, max_tokens=6)
     assert without.choices[0].logprobs is None and without.choices[0].message.content == r.choices[0].message.content
+
+
+def test_health_says_when_the_engine_is_not_running(run, tmp_path):
+    srv, engine, _ = start(run, tmp_path)
+    with srv:
+        assert request(srv.url, "GET", "/health")[0] == 200
+        engine.stop()
+        status, _, body = request(srv.url, "GET", "/health")
+        assert status == 503 and body["status"] == "engine stopped"

@@ -88,8 +88,10 @@ def create_app(pool: ModelPool, engine: Engine, store: Store, api_key: str | Non
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "models": list(pool.served), "device": pool.device, "precision": pool.precision,
-                "max_tokens_limit": limits.max_tokens, "api_key_required": bool(api_key)}
+        state = {"status": "ok" if engine.running else "engine stopped", "models": list(pool.served),
+                 "device": pool.device, "precision": pool.precision, "max_tokens_limit": limits.max_tokens,
+                 "api_key_required": bool(api_key)}
+        return JSONResponse(state, status_code=200 if engine.running else 503)
 
     @app.get("/v1/models")
     async def models():

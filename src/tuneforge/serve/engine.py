@@ -82,6 +82,7 @@ class Engine:
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._work, name="tuneforge-engine", daemon=True)
         self.stats = {"forwards": 0, "rows_per_forward": 0}
+        self.running = False
 
     def start(self) -> "Engine":
         """Work in a thread of its own (tests, an app served in-process)."""
@@ -112,17 +113,21 @@ class Engine:
 
     def _work(self) -> None:
         torch.set_grad_enabled(False)
-        while not self._stopped.is_set():
-            self._collect(block=not self._waiting)
-            if not self._waiting:
-                continue
-            model_name = self._waiting[0].model  # the oldest request's model decodes next
-            try:
-                self._decode(model_name)
-            except Exception as e:  # a bug must not kill the server; every request decoding learns why
-                for job in {id(r.job): r.job for r in (self._batch.rows if self._batch else [])}.values():
-                    job.fail(e)
-                self._batch = None
+        self.running = True
+        try:
+            while not self._stopped.is_set():
+                self._collect(block=not self._waiting)
+                if not self._waiting:
+                    continue
+                model_name = self._waiting[0].model  # the oldest request's model decodes next
+                try:
+                    self._decode(model_name)
+                except Exception as e:  # a bug must not kill the server; every request decoding learns why
+                    for job in {id(r.job): r.job for r in (self._batch.rows if self._batch else [])}.values():
+                        job.fail(e)
+                    self._batch = None
+        finally:
+            self.running = False  # /health reports it; requests still time out at their deadline
 
     def _collect(self, block: bool) -> None:
         try:
