@@ -136,3 +136,22 @@ def test_eval_needs_a_test_split(tiny_recipe, tmp_path):
     run = train(tiny_recipe(data={"test_ratio": 0.0}, train={"max_steps": 1}), tmp_path / "runs")
     with pytest.raises(UserError, match="test split is empty"):
         evaluate_run(run)
+
+
+def test_bootstrap_resamples_every_example_and_p_values_are_two_sided():
+    """Checked against probabilities worked out by hand, not against the implementation."""
+    # two examples scoring 0 and 100: a resample of two picks means 0, 50 or 100 with chance 1/4, 1/2, 1/4,
+    # so the 95% interval is [0, 100] around 50
+    interval = summarize(["a", "b"], ["a", "c"], {"score": [0.0, 100.0]})["score"]
+    assert interval == {"value": 50.0, "low": 0.0, "high": 100.0}
+    # b beats a by 1 on three examples and loses by 1 on one: a resample of 4 has a mean <= 0 when it draws
+    # the loss twice or more, P = 1 - (3/4)^4 - 4 (1/4) (3/4)^3 = 0.2617; two-sided p doubles it
+    result = paired_bootstrap([0, 0, 0, 0], [1, 1, 1, -1], samples=20_000)
+    assert result["p_value"] == pytest.approx(2 * (1 - 0.75 ** 4 - 4 * 0.25 * 0.75 ** 3), abs=0.02)
+    assert paired_bootstrap([0, 0, 0, 0], [-1, -1, -1, 1], samples=20_000)["p_value"] == \
+        pytest.approx(result["p_value"], abs=0.02)  # the same the other way round
+
+
+def test_token_f1_compares_words_wherever_they_stand():
+    # 3 of the prediction's words in the 4 of the reference (the article is dropped): P 1, R 3/4
+    assert token_f1("root of x", "the square root of x") == pytest.approx(100 * 2 * 0.75 / 1.75)
