@@ -60,6 +60,8 @@ class Call:
                 if await self.request.is_disconnected():
                     self.log([r for r in results if r], 499, "the client disconnected")
                     return None
+            if not self.queue.empty():  # most events are waiting already: no timer, no task
+                return self.queue.get_nowait()
             try:
                 return await asyncio.wait_for(self.queue.get(), min(self.deadline - now, 0.5))
             except TimeoutError:
