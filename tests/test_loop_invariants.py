@@ -1,9 +1,11 @@
 """Invariants of the training loop, through `train` (the loop, its steps and callbacks as a run uses
 them): a micro-batch split of a packed step does not change it; early stopping on validation accuracy
-keeps the most accurate weights; gradual unfreezing trains exactly the blocks it announces."""
+keeps the most accurate weights; gradual unfreezing trains exactly the blocks it announces; every epoch
+shows each example once, and a finished run resumes without another step."""
 
 import json
 import re
+import shutil
 
 import pytest
 import torch
@@ -88,3 +90,39 @@ def test_gradual_unfreezing_trains_exactly_the_blocks_it_announces(tiny_recipe, 
         assert blocks == set(range(3 - learning, 3)), (step, sorted(changed))
         assert {k for k in changed if ".layers." not in k} == {"model.norm.weight"}, step
         before = {**before, **after}
+
+
+def test_each_epoch_shows_every_example_once_and_a_finished_run_resumes_without_a_step(
+        tiny_recipe, tmp_path, monkeypatch):
+    """The steps the loop takes (observed at train_step, which still runs) cover each training example
+    exactly once per epoch; a run killed after its last checkpoint (before the model was written) takes
+    no further step when resumed, and ends with the same weights."""
+    from tuneforge.train import loop
+    from tuneforge.train.run import resume
+
+    taken = []
+
+    def observed(t, examples, indices, plan, recipe):
+        taken.append(list(indices))
+        return real_step(t, examples, indices, plan, recipe)
+
+    real_step = loop.train_step
+    monkeypatch.setattr(loop, "train_step", observed)
+    run = train(tiny_recipe(train={"max_steps": 12, "global_batch_size": 32, "eval_every": 12, "save_every": 4,
+                                   "early_stopping_patience": None}), tmp_path / "runs")
+    n_train = len((run / "data" / "train.jsonl").read_text().splitlines())
+    per_epoch = n_train // 32  # epoch_steps drops the last incomplete global batch
+    assert len(taken) == 12 and per_epoch * 2 < 12  # the run crosses at least two epoch boundaries
+    for epoch in range(12 // per_epoch):
+        seen = [i for step in taken[epoch * per_epoch:(epoch + 1) * per_epoch] for i in step]
+        assert len(set(seen)) == len(seen) == per_epoch * 32 and max(seen) < n_train
+    assert taken[:per_epoch] != taken[per_epoch:2 * per_epoch]  # each epoch is shuffled anew
+    finished = load_file(run / "model" / "adapter_model.safetensors")
+    shutil.rmtree(run / "model")
+    taken.clear()
+    resume(run)
+    assert taken == []
+    state = json.loads((list_checkpoints(run)[-1] / "state.json").read_text())
+    assert state["step"] == 12
+    again = load_file(run / "model" / "adapter_model.safetensors")
+    assert all(torch.equal(finished[k], again[k]) for k in finished)
