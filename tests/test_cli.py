@@ -32,6 +32,18 @@ def test_models_lists_the_catalogue(tmp_path):
     assert "smollm2-135m-instruct *" in out.stdout and "Apache-2.0" in out.stdout and "LoRA GiB" in out.stdout
 
 
+def test_version_and_runs_ls_before_the_first_run(tmp_path):
+    from importlib.metadata import version
+
+    out = tuneforge("--version", cwd=tmp_path)
+    assert out.returncode == 0 and out.stdout.strip() == f"tuneforge {version('tuneforge')}"
+    out = tuneforge("runs", "ls", cwd=tmp_path)  # no runs/ folder yet
+    assert out.returncode == 0 and out.stderr == ""
+    assert out.stdout.splitlines()[0].split()[:3] == ["name", "model", "method"] and "no runs in runs yet" in out.stdout
+    out = tuneforge("runs", "ls", "--runs-dir", "typo", cwd=tmp_path)  # a folder named but missing
+    assert out.returncode == 2 and "typo: no such folder" in out.stderr
+
+
 def _recipe(tmp_path, tiny_model, data, extra=""):
     path = tmp_path / "recipe.yaml"
     path.write_text(f"name: cli\nmodel:\n  name: {tiny_model}\ndata:\n  sources: [{data}]\n"

@@ -8,6 +8,7 @@ import json
 import threading
 
 import pytest
+import torch
 
 from conftest import arithmetic_rows, headless_chromium, needs_chromium, write_jsonl
 from tuneforge.cli.main import main
@@ -202,10 +203,31 @@ def test_judge_endpoint_cancels_position_bias_and_finds_the_better_answer(evalua
 
 
 def test_local_judge_asks_both_orders(evaluated, tiny_model):
+    """Each verdict is the option the judge model ranks first after the prompt (asked here one prompt at a
+    time, unpadded), in both orders; a pair is won only when both orders agree."""
+    from tuneforge.data.tokenize import render_prompt
+    from tuneforge.evaluate.judge import OPTIONS, RUBRIC, judge_prompt
+    from tuneforge.evaluate.pairs import read_samples
+    from tuneforge.models.loader import load_model, load_tokenizer
+
     lora, _, _ = evaluated
     result = judge_run(lora, str(tiny_model))
-    assert len(result["verdicts"]) == 6
-    assert all(v["a_first"] in ("A", "B", "tie") and v["b_first"] in ("A", "B", "tie") for v in result["verdicts"])
+    tokenizer, model = load_tokenizer(tiny_model), load_model(tiny_model).eval()
+    option_ids = [tokenizer(o, add_special_tokens=False)["input_ids"][0] for o in OPTIONS]
+
+    def verdict(sample, first, second):
+        ids = tokenizer(render_prompt(tokenizer, judge_prompt(RUBRIC, sample, first, second)),
+                        return_tensors="pt", add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            return OPTIONS[int(model(ids).logits[0, -1, option_ids].argmax())]
+
+    samples = read_samples(lora)
+    assert len(result["verdicts"]) == len(samples) == 6
+    for sample, record in zip(samples, result["verdicts"]):
+        assert record["a_first"] == verdict(sample, sample["tuned"], sample["base"])
+        assert record["b_first"] == verdict(sample, sample["base"], sample["tuned"])
+        both = {"A": "tuned", "B": "base"}.get(record["a_first"]), {"A": "base", "B": "tuned"}.get(record["b_first"])
+        assert record["winner"] == (both[0] if both[0] == both[1] and both[0] else "tie")
     assert sum(result["pairs"][0][k] for k in ("a_wins", "ties", "b_wins")) == 6
 
 
@@ -222,6 +244,9 @@ def test_runs_ls_and_compare(evaluated, tmp_path):
         compare_runs([lora], tmp_path / "c.png")
     with pytest.raises(UserError, match="no such folder"):
         list_runs(tmp_path / "nowhere")
+    # before the first run: the default folder missing, or a folder without runs, is an empty table
+    for empty in (list_runs(tmp_path / "nowhere", missing_ok=True), list_runs(tmp_path)):
+        assert empty.splitlines()[0].split()[:3] == ["name", "model", "method"] and "no runs in" in empty
 
 
 def test_command_line_eval_errors_exit_2(evaluated, tmp_path, capsys):

@@ -106,6 +106,14 @@ def test_two_gloo_processes_match_one_process(kind, tiny_recipe, tmp_path):
     assert all(torch.allclose(wa[k], wb[k], atol=1e-4) for k in wa)
 
 
+def test_a_gpu_process_group_has_gloo_beside_nccl_for_cpu_collectives():
+    """NCCL refuses CPU tensors (the loss totals once were CPU float64): with CUDA the group is mixed."""
+    from tuneforge.train.distributed import process_group_backend
+
+    assert process_group_backend(cuda=True) == "cpu:gloo,cuda:nccl"
+    assert process_group_backend(cuda=False) == "gloo"
+
+
 def test_tensorboard_and_mlflow_get_the_metrics(tiny_recipe, tmp_path):
     from mlflow.tracking import MlflowClient
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

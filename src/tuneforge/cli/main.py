@@ -4,6 +4,7 @@ import argparse
 import os
 import sys
 import warnings
+from importlib.metadata import version
 from pathlib import Path
 
 from tuneforge.errors import UserError
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tuneforge", description="Fine-tune pre-trained generative models on your own data.",
         epilog="Quick start: tuneforge demo. Each command has --help with an example.")
+    parser.add_argument("--version", action="version", version=f"tuneforge {version('tuneforge')}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def command(name: str, help: str, parent=sub) -> argparse.ArgumentParser:
@@ -135,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     runs_sub = runs.add_subparsers(dest="runs_command", metavar="SUBCOMMAND", required=True)
     p = command("runs ls", "A table of the runs in a folder: name, model, method, key hyperparameters, best val "
                            "loss, headline metrics, status.", runs_sub)
-    p.add_argument("--runs-dir", default="runs", help="folder holding run folders (default: runs)")
+    p.add_argument("--runs-dir", help="folder holding run folders (default: runs; none there yet is an empty table)")
     p = command("runs compare", "Several runs side by side (recipe differences, metrics) with their loss curves "
                                 "overlaid in one PNG.", runs_sub)
     p.add_argument("runs", nargs="+", metavar="RUN", help="two or more run folders")
@@ -257,7 +259,7 @@ def _run(args) -> int | None:
         from tuneforge.runs.table import compare_runs, list_runs
 
         if args.runs_command == "ls":
-            print(list_runs(Path(args.runs_dir)))
+            print(list_runs(Path(args.runs_dir or "runs"), missing_ok=args.runs_dir is None))
         else:
             print(compare_runs([Path(r) for r in args.runs], Path(args.out or "runs-compare.png")))
     elif args.command == "generate":

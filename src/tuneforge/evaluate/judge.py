@@ -62,11 +62,17 @@ def judge_run(run_dir: Path, judge: str, rubric_file: Path | None = None, judge_
 
 
 def _local(name: str):
+    """The judge on the GPU when there is one (in its half precision), else on the CPU in fp32."""
     from tuneforge.data.tokenize import render_prompt
+    from tuneforge.inference.run_models import for_inference
     from tuneforge.models.loader import load_model, load_tokenizer, resolve_model
+    from tuneforge.train.hardware import autocast, choose_precision, detect_device
 
     folder = resolve_model(name)
-    tokenizer, model = load_tokenizer(folder), load_model(folder).eval()
+    device = detect_device()
+    precision = choose_precision("auto", device) if device == "cuda" else "fp32"
+    tokenizer, model = load_tokenizer(folder), load_model(folder, device=device)
+    for_inference(model, precision)
     option_ids = [tokenizer(o, add_special_tokens=False)["input_ids"][0] for o in OPTIONS]
 
     @torch.no_grad()
@@ -75,8 +81,9 @@ def _local(name: str):
         verdicts = []
         for start in range(0, len(conversations), 8):
             prompts = [render_prompt(tokenizer, c) for c in conversations[start:start + 8]]
-            enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-            logits = model(**enc).logits[:, -1, option_ids]
+            enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            with autocast(device, precision):
+                logits = model(**enc).logits[:, -1, option_ids]
             verdicts += [OPTIONS[i] for i in logits.argmax(-1).tolist()]
         return verdicts
 

@@ -50,18 +50,22 @@ def format_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
 
 
-def list_runs(runs_dir: Path) -> str:
-    if not runs_dir.is_dir():
+def list_runs(runs_dir: Path, missing_ok: bool = False) -> str:
+    """The runs under runs_dir as a table; a folder without runs (or, with missing_ok, no folder: the
+    default runs/ before the first run) is an empty table. A folder named but missing is a typo."""
+    if not runs_dir.is_dir() and not missing_ok:
         raise UserError(f"{runs_dir}: no such folder. Runs are written under runs/ by `tuneforge train`; "
                         "pass another folder with --runs-dir.")
-    summaries = [run_summary(p) for p in sorted(runs_dir.iterdir()) if (p / "recipe.yaml").is_file()]
-    if not summaries:
-        return f"No runs in {runs_dir} (train one: tuneforge train recipes/pydocs-lora.yaml)."
+    found = sorted(runs_dir.iterdir()) if runs_dir.is_dir() else []
+    summaries = [run_summary(p) for p in found if (p / "recipe.yaml").is_file()]
     header = ["name", "model", "method", "hyperparameters", "best val", "ppl", "ROUGE-L", "BLEU", "forgetting", "status"]
     rows = [[s["name"], s["model"], s["method"], _hyperparameters(s), _fmt(s["best_val_loss"], "{:.4f}"),
              _fmt(s["perplexity"]), _fmt(s["rouge_l"], "{:.1f}"), _fmt(s["bleu"], "{:.1f}"),
              _fmt(s["forgetting"], "{:+.1%}"), s["status"]] for s in summaries]
-    return format_table(header, rows)
+    table = format_table(header, rows)
+    if not rows:
+        table += f"\n(no runs in {runs_dir} yet; train one: tuneforge train recipes/pydocs-lora.yaml)"
+    return table
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

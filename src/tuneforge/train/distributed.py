@@ -49,11 +49,16 @@ def init_distributed() -> Dist:
     if world == 1:
         return Dist()
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group(process_group_backend(torch.cuda.is_available()))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
     return Dist(dist.get_rank(), world, local_rank)
+
+
+def process_group_backend(cuda: bool) -> str:
+    """NCCL for CUDA tensors, and gloo beside it for any collective on CPU tensors (NCCL refuses those)."""
+    return "cpu:gloo,cuda:nccl" if cuda else "gloo"
 
 
 def device_for(d: Dist) -> str:

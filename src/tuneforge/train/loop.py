@@ -98,14 +98,14 @@ def train_step(t: Trainee, examples: list[Encoded], indices: list[int], plan: Tr
     batches = step_batches(examples, indices, plan.micro_batch, recipe, t.pad_id, t.bucket)
     mine = share_batches(batches, t.dist)
     n_loss = sum(examples[i].loss_tokens for i in indices)
-    total = torch.zeros(1, dtype=torch.float64)
+    total = torch.zeros(1, dtype=torch.float64, device=t.device)  # on the device: no sync per micro-batch
     for j, (batch, weight) in enumerate(mine):
         batch = to_device(batch, t.device)
         with _gradient_sync(t.module, j == len(mine) - 1), t.autocast():
             s, _, _ = t.module(batch)
         # DDP / FSDP average gradients over processes; the world factor turns that into the step's sum.
         (s * (weight * t.dist.world / n_loss)).backward()
-        total += s.item() * weight
+        total += s.detach().double() * weight
     grad_norm = None
     if recipe.train.max_grad_norm:
         grads = [p for p in t.params.values() if p.grad is not None]

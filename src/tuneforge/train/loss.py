@@ -113,7 +113,7 @@ def evaluate_loss(loss_model: LossModel, examples: list, micro_batch: int, pad_i
     d = d or Dist()
     was_training = loss_model.training
     loss_model.eval()
-    totals = torch.zeros(3, dtype=torch.float64)
+    totals = torch.zeros(3, dtype=torch.float64, device=device)  # on the device, where the collective runs
     ordered = sorted(examples, key=lambda e: len(e.input_ids))
     batches = [ordered[i:i + micro_batch] for i in range(0, len(ordered), micro_batch)]
     with autocast():
@@ -122,7 +122,8 @@ def evaluate_loss(loss_model: LossModel, examples: list, micro_batch: int, pad_i
         batch = to_device(collate(rows, pad_id, bucket=bucket), device)
         with autocast():
             s, n, correct = loss_model(batch)
-        totals += weight * torch.tensor([s.item(), n, correct], dtype=torch.float64)
+        totals[0] += weight * s.detach().double()
+        totals[1:] += torch.tensor([weight * n, weight * correct], dtype=torch.float64, device=device)
     d.all_reduce(totals)
     loss_model.train(was_training)
     loss, n, correct = totals.tolist()
