@@ -20,8 +20,8 @@ from transformers import DynamicCache
 from tuneforge.inference.kv_cache import growing_cache
 from tuneforge.inference.run_models import for_inference
 from tuneforge.models.loader import load_model, resolve_model
-from tuneforge.train import attention
-from tuneforge.train.hardware import autocast, choose_precision, detect_device
+from tuneforge.runtime import attention
+from tuneforge.runtime.hardware import autocast, choose_precision, detect_device
 
 
 def main() -> None:

@@ -47,8 +47,8 @@ def main() -> None:
     from tuneforge.evaluate.perplexity import count_words, text_perplexity
     from tuneforge.inference.run_models import for_inference
     from tuneforge.models.loader import resolve_model
-    from tuneforge.train import attention
-    from tuneforge.train.hardware import autocast, choose_precision
+    from tuneforge.runtime import attention
+    from tuneforge.runtime.hardware import autocast, choose_precision
 
     folder = resolve_model("smollm2-135m-instruct")
     tokenizer = AutoTokenizer.from_pretrained(folder)

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from train_speed import LONG_SHARE, RESULTS, benchmark_data, matmul_peak, step_flops
 
-from tuneforge.train.hardware import DTYPES, choose_precision
+from tuneforge.runtime.hardware import DTYPES, choose_precision
 from tuneforge.train.loop import train_step
 from tuneforge.train.run import load_trainee, plan_training
 
@@ -124,7 +124,7 @@ def _product(m: int, k: int, n: int, dtype) -> float:
 
 
 def _attention(length: int, heads: int, kv_heads: int, head_dim: int) -> float:
-    """Median seconds of one example's causal flash attention, forward + backward, fp32 (train/attention.py)."""
+    """Median seconds of one example's causal flash attention, forward + backward, fp32 (runtime/attention.py)."""
     key = ("attention", length, heads, kv_heads, head_dim)
     if key not in _timed:
         q = torch.randn(1, heads, length, head_dim, requires_grad=True)

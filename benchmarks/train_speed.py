@@ -157,7 +157,8 @@ def benchmark_data(job: dict):
     and the held-out examples every model is scored on."""
     from tuneforge.data.prepare import encode_splits, prepared_folder, read_split
     from tuneforge.data.split import SPLITS
-    from tuneforge.data.tokenize import encode, ensure_chat_template
+    from tuneforge.data.tokenize import encode
+    from tuneforge.models.chat_template import ensure_chat_template
     from tuneforge.models.loader import load_tokenizer, resolve_model
     from tuneforge.recipe import validate_recipe
 
@@ -233,7 +234,7 @@ def step_flops(encoded: list, method: str, config, lora_params: int) -> float:
 def _finish(job: dict, model, pad_id: int, times: list[float], counts: list[tuple[int, int]],
             encoded, val, precision: str, lora_params: int) -> dict:
     """Throughput over the timed steps, FLOPs, peak RSS and the validation loss after the pass."""
-    from tuneforge.train.hardware import autocast
+    from tuneforge.runtime.hardware import autocast
     from tuneforge.train.loss import LossModel, evaluate_loss
 
     timed = slice(job["warmup"], None)
@@ -284,7 +285,7 @@ def run_trl(job: dict) -> dict:
     from trl import SFTConfig, SFTTrainer
 
     from tuneforge.models.loader import resolve_model
-    from tuneforge.train.hardware import choose_precision
+    from tuneforge.runtime.hardware import choose_precision
 
     recipe, tokenizer, rows, encoded, val = benchmark_data(job)
     # Prompt / completion pairs: TRL then puts the loss on the completion only, as tuneforge does.

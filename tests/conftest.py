@@ -24,7 +24,7 @@ def build_tiny_model(folder: Path, layers: int = 2) -> Path:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from tuneforge.data.tokenize import DEFAULT_CHAT_TEMPLATE
+    from tuneforge.models.chat_template import DEFAULT_CHAT_TEMPLATE
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -2,10 +2,10 @@
 
 import json
 
+from tuneforge.methods.model_parts import transformer_blocks
 from tuneforge.models.loader import load_model
 from tuneforge.train import compile as auto
 from tuneforge.train.compile import PROBE_STEPS, AutoCompile
-from tuneforge.train.methods import transformer_blocks
 from tuneforge.train.run import train
 
 

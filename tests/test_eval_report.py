@@ -9,8 +9,8 @@ import threading
 
 import pytest
 import torch
-
 from conftest import arithmetic_rows, headless_chromium, needs_chromium, write_jsonl
+
 from tuneforge.cli.main import main
 from tuneforge.errors import UserError
 from tuneforge.evaluate.harness import text_task
@@ -20,7 +20,6 @@ from tuneforge.evaluate.run import evaluate_run
 from tuneforge.recipe import validate_recipe
 from tuneforge.runs.table import compare_runs, list_runs
 from tuneforge.train.run import train
-
 
 PROSE = ["Return the square root of x.", "The answer is a number."]
 
@@ -205,9 +204,9 @@ def test_judge_endpoint_cancels_position_bias_and_finds_the_better_answer(evalua
 def test_local_judge_asks_both_orders(evaluated, tiny_model):
     """Each verdict is the option the judge model ranks first after the prompt (asked here one prompt at a
     time, unpadded), in both orders; a pair is won only when both orders agree."""
-    from tuneforge.data.tokenize import render_prompt
     from tuneforge.evaluate.judge import OPTIONS, RUBRIC, judge_prompt
     from tuneforge.evaluate.pairs import read_samples
+    from tuneforge.models.chat_template import render_prompt
     from tuneforge.models.loader import load_model, load_tokenizer
 
     lora, _, _ = evaluated

@@ -9,7 +9,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from tuneforge.inference.kv_cache import GrowingLayer, growing_cache
 from tuneforge.inference.run_models import _strides_that_fold, for_inference
 from tuneforge.models.loader import load_model
-from tuneforge.train import attention
+from tuneforge.runtime import attention
 
 
 def _load(folder):

@@ -5,7 +5,7 @@ import json
 
 from tuneforge.evaluate.pairs import read_samples
 from tuneforge.json_text import read_jsonl
-from tuneforge.runs.folder import read_metrics
+from tuneforge.run_folder import read_metrics
 
 ROWS = [{"answer": "one\u2028two"}, {"answer": "next\x85line\u2029", "n": 1}, {"answer": "\x1c\x1d\x1e"}]
 

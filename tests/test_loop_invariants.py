@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from tuneforge.models.loader import load_model
-from tuneforge.runs.folder import read_metrics
+from tuneforge.run_folder import read_metrics
 from tuneforge.train.checkpoint import list_checkpoints
 from tuneforge.train.run import train
 

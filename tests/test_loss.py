@@ -4,13 +4,13 @@ import contextlib
 
 import pytest
 import torch
-
 from conftest import arithmetic_rows
+
 from tuneforge.data.batches import bucket_length, collate, collate_packed, pack
 from tuneforge.data.tokenize import encode
 from tuneforge.models.loader import load_model
-from tuneforge.train.attention import NAME
-from tuneforge.train.hardware import matmul_shapes_cached, shapes_cached_now
+from tuneforge.runtime.attention import NAME
+from tuneforge.runtime.hardware import matmul_shapes_cached, shapes_cached_now
 from tuneforge.train.loss import LossModel, evaluate_loss, example_losses
 
 

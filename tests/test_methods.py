@@ -6,20 +6,22 @@ import sys
 
 import pytest
 import torch
+from conftest import arithmetic_rows
 from safetensors.torch import load_file
 
-from conftest import arithmetic_rows
 from tuneforge.data.batches import collate
 from tuneforge.data.tokenize import encode
 from tuneforge.errors import UserError
+from tuneforge.methods import apply_method
+from tuneforge.methods.model_parts import trainable_parameters
 from tuneforge.models.loader import load_model
-from tuneforge.recipe import ADAPTER_METHODS
 from tuneforge.train.checkpoint import list_checkpoints
+from tuneforge.train.load import load_for_method
 from tuneforge.train.loss import LossModel
-from tuneforge.train.methods import apply_method, load_for_method, trainable_parameters
 from tuneforge.train.run import train
 
 METHODS = ["full", "freeze", "gradual_unfreeze", "lora", "rslora", "dora", "qlora", "prompt_tuning"]
+ADAPTER_METHODS = ("lora", "rslora", "dora", "qlora", "prompt_tuning")  # saved as a PEFT adapter
 
 
 def _batch(tokenizer, n=4):
@@ -69,9 +71,9 @@ def test_adapter_runs_generate_with_and_without_their_adapter(tiny_recipe, tiny_
     """Generation through the adapter (KV cache, soft prompt in front) equals greedy decoding without a
     cache; with the adapter switched off the model is the untouched base model again, at every position
     of the tuned answer."""
-    from tuneforge.data.tokenize import render_prompt
     from tuneforge.inference.generate import generate_batch
     from tuneforge.inference.run_models import RunModels
+    from tuneforge.models.chat_template import render_prompt
 
     prompt = render_prompt(tiny_tokenizer, [{"role": "user", "content": "What is 3 plus 3?"}])
     plain = load_model(tiny_model).eval()

@@ -5,10 +5,10 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
+from tuneforge.cli.catalog_table import memory_gib
 from tuneforge.errors import UserError
 from tuneforge.models.catalog import CATALOG, DEFAULT_MODEL
 from tuneforge.models.loader import load_model, load_tokenizer, resolve_model
-from tuneforge.models.table import memory_gib
 
 
 def test_local_folder_goes_through_the_same_loader(tiny_model, tmp_path):

@@ -17,7 +17,7 @@ from tuneforge.evaluate.forgetting import forgetting, load_general_text
 from tuneforge.evaluate.harness import run_lm_eval, text_task
 from tuneforge.evaluate.perplexity import rolling_windows, text_perplexity
 from tuneforge.models.loader import load_model
-from tuneforge.train import attention
+from tuneforge.runtime import attention
 
 TEXTS = ["What is the sum of two numbers? The answer is a number.",
          "Return the square root of x.  Return the number of items in a container. " * 6,  # longer than a window

@@ -7,9 +7,9 @@ from transformers import AutoConfig, PreTrainedModel
 
 from tuneforge.data import pipeline
 from tuneforge.data.prepare import prepare_data
-from tuneforge.data.tokenize import ensure_chat_template
 from tuneforge.errors import UserError
 from tuneforge.models import loader
+from tuneforge.models.chat_template import ensure_chat_template
 from tuneforge.recipe import Recipe, load_recipe
 
 ROOT = Path(__file__).parents[1]
@@ -53,8 +53,12 @@ def test_every_shipped_recipe_plans_end_to_end_without_loading_weights(path, tmp
         raise AssertionError("planning loaded weights")
 
     monkeypatch.setattr(PreTrainedModel, "from_pretrained", classmethod(no_weights))
+    before = recipe.model_dump()
     setup = plan_training(recipe, tmp_path / "data")
     plan, shape = setup.plan, setup.shape
+    assert recipe.model_dump() == before  # the caller's recipe is not changed: the resolved one is a copy
+    assert (setup.recipe.train.max_steps, setup.recipe.train.micro_batch_size) == (plan.total_steps, plan.micro_batch)
+    assert setup.recipe.train.learning_rate == recipe.learning_rate() and setup.recipe.train.packing is not None
     assert (shape.trainable_params, shape.total_params) == _expected_trainable(asked, AutoConfig.from_pretrained(model_dir))
     assert plan.micro_batch * plan.accumulation == asked.train.global_batch_size
     n_train = manifest["counts"]["final"]["train"]

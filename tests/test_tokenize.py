@@ -1,6 +1,7 @@
 """Which token ids carry loss: only the assistant's answers (and their end-of-turn token)."""
 
-from tuneforge.data.tokenize import IGNORE, encode, render_prompt
+from tuneforge.data.tokenize import IGNORE, encode
+from tuneforge.models.chat_template import render_prompt
 
 
 def _loss_text(tokenizer, encoded) -> str:

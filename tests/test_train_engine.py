@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from tuneforge.errors import UserError
-from tuneforge.runs.folder import read_metrics
+from tuneforge.run_folder import read_metrics
 from tuneforge.train.checkpoint import list_checkpoints
 from tuneforge.train.run import resume, train
 
@@ -108,7 +108,7 @@ def test_two_gloo_processes_match_one_process(kind, tiny_recipe, tmp_path):
 
 def test_a_gpu_process_group_has_gloo_beside_nccl_for_cpu_collectives():
     """NCCL refuses CPU tensors (the loss totals once were CPU float64): with CUDA the group is mixed."""
-    from tuneforge.train.distributed import process_group_backend
+    from tuneforge.runtime.distributed import process_group_backend
 
     assert process_group_backend(cuda=True) == "cpu:gloo,cuda:nccl"
     assert process_group_backend(cuda=False) == "gloo"

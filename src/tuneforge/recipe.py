@@ -12,21 +12,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tuneforge.errors import UserError
+from tuneforge.methods import METHODS
 
-Method = Literal["full", "freeze", "gradual_unfreeze", "lora", "rslora", "dora", "qlora", "prompt_tuning"]
-# Methods that train a PEFT adapter over a frozen base (saved as an adapter, served over one base).
-ADAPTER_METHODS = ("lora", "rslora", "dora", "qlora", "prompt_tuning")
-LORA_METHODS = ("lora", "rslora", "dora", "qlora")
-# Adapter methods that save only the adapter, so their frozen base may be stored in the autocast dtype.
-HALF_BASE_METHODS = ("lora", "rslora", "prompt_tuning")
-
-# Learning rates that work for short fine-tunes of small instruct models, per method: adapters
-# tolerate (and need) a much larger step than updating every pre-trained weight; rsLoRA scales its
-# update by alpha / sqrt(r) instead of alpha / r (4x larger at r=16), so it takes a smaller step;
-# soft prompts need the largest.
-DEFAULT_LEARNING_RATE: dict[str, float] = {
-    "full": 3e-5, "freeze": 1e-4, "gradual_unfreeze": 1e-4, "lora": 1e-3, "rslora": 3e-4, "dora": 1e-3,
-    "qlora": 1e-3, "prompt_tuning": 3e-2}
+# What learns is a registered method (methods/): one module each, with its default learning rate.
+Method = Literal[tuple(METHODS)]
 
 
 class Section(BaseModel):
@@ -309,7 +298,7 @@ class Recipe(Section):
     eval: EvalSection = EvalSection()
 
     def learning_rate(self) -> float:
-        return self.train.learning_rate or DEFAULT_LEARNING_RATE[self.method]
+        return self.train.learning_rate or METHODS[self.method].learning_rate
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

@@ -223,7 +223,7 @@ def _quiet_libraries() -> None:
 def _run(args) -> int | None:
     # Imports are local so `tuneforge --help` answers at once, without loading torch.
     if args.command == "models":
-        from tuneforge.models.table import print_catalog
+        from tuneforge.cli.catalog_table import print_catalog
 
         print_catalog()
     elif args.command == "train":

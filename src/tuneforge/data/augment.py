@@ -11,8 +11,8 @@ import random
 import torch
 
 from tuneforge.data.formats import content_id
-from tuneforge.data.tokenize import ensure_chat_template, render_prompt
 from tuneforge.inference.generate import generate_batch
+from tuneforge.models.chat_template import ensure_chat_template, render_prompt
 from tuneforge.recipe import AugmentSection
 
 _NEW_QUESTION = ("Here are some example requests:\n{examples}\n\nWrite one new request of the same kind about a "
@@ -24,7 +24,7 @@ def synthesize(seeds: list[dict], config: AugmentSection, model_name: str, seed:
     """New examples from `seeds` (chat examples of the training split); empty or unchanged outputs
     are dropped."""
     from tuneforge.models.loader import load_model, load_tokenizer, resolve_model
-    from tuneforge.train.hardware import detect_device
+    from tuneforge.runtime.hardware import detect_device
 
     seeds = [s for s in seeds if _question(s) is not None]
     if not seeds:

@@ -55,7 +55,7 @@ def packed_micro_batches(examples: list[Encoded], indices: list[int], rows_per_b
 def bucket_length(n: int) -> int:
     """n rounded up to one of LENGTHS_PER_DOUBLING lengths per power of two: at most 1/32 more.
 
-    For CPUs in bf16 (train/hardware.py, matmul_shapes_cached): oneDNN keeps a compiled kernel and its
+    For CPUs in bf16 (runtime/hardware.py, matmul_shapes_cached): oneDNN keeps a compiled kernel and its
     buffers for every matmul shape it meets, so micro-batches of ever-new token counts made resident
     memory grow all run long (README, performance); a run's lengths now fall on few shapes.
     """
@@ -67,7 +67,7 @@ def collate_packed(rows: list[list[Encoded]], bucket: bool = False) -> dict:
     """A micro-batch of packed rows as one row of examples back to back, with no padding and no mask.
 
     position_ids restart at 0 for each example and `cu_seq_lens_q/k` give where each starts (the
-    keywords of FlashAttention-2's varlen kernel; train/attention.py uses them to run one causal
+    keywords of FlashAttention-2's varlen kernel; runtime/attention.py uses them to run one causal
     attention per example), so examples never see each other. The first label of each example is
     IGNORE: the position before it belongs to the previous example, which must not learn to predict it.
     With `bucket`, the row is padded to bucket_length: the padding joins the last example after all of

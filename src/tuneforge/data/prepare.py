@@ -98,7 +98,7 @@ def prepare_command(recipe: Recipe, out: Path, overwrite: bool) -> dict:
     """`tuneforge data prepare`: the prepared folder (from the cache when the same data was prepared
     before) at `out`, replacing an older prepared folder only when asked; prints the summary."""
     from tuneforge.data.report import summary
-    from tuneforge.data.tokenize import ensure_chat_template
+    from tuneforge.models.chat_template import ensure_chat_template
     from tuneforge.models.loader import load_tokenizer, resolve_model
 
     if out.exists() and not overwrite:

@@ -4,8 +4,9 @@ import sys
 from itertools import groupby
 
 from tuneforge.data.prepare import prepared_folder, read_split
-from tuneforge.data.tokenize import IGNORE, encode, ensure_chat_template
+from tuneforge.data.tokenize import IGNORE, encode
 from tuneforge.errors import UserError
+from tuneforge.models.chat_template import ensure_chat_template
 from tuneforge.recipe import Recipe
 
 

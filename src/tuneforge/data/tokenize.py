@@ -11,13 +11,6 @@ from tuneforge.errors import UserError
 
 IGNORE = -100
 
-# ChatML, for tokenizers that come without a chat template (base models).
-DEFAULT_CHAT_TEMPLATE = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
-    "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-
-
 @dataclass
 class Encoded:
     id: str
@@ -29,18 +22,6 @@ class Encoded:
     def loss_tokens(self) -> int:
         """Tokens that are next-token targets (the first token never is: nothing precedes it)."""
         return sum(label != IGNORE for label in self.labels[1:])
-
-
-def ensure_chat_template(tokenizer) -> None:
-    if not tokenizer.chat_template:
-        tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
-
-
-def render_prompt(tokenizer, messages: list[dict]) -> str:
-    """The text a model continues to answer `messages` (everything before the last assistant turn)."""
-    if messages and messages[-1]["role"] == "assistant":
-        messages = messages[:-1]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 def encode(example: dict, tokenizer, max_length: int, train_on_prompt: bool = False) -> Encoded:

@@ -14,9 +14,10 @@ from pathlib import Path
 from tuneforge.deploy import gguf
 from tuneforge.deploy.card import model_card
 from tuneforge.errors import UserError
+from tuneforge.methods import get_method
 from tuneforge.models.catalog import CATALOG
-from tuneforge.recipe import ADAPTER_METHODS, load_recipe
-from tuneforge.runs.folder import open_run
+from tuneforge.recipe import load_recipe
+from tuneforge.run_folder import open_run
 
 FORMATS = ("hf", "adapter", "gguf")
 
@@ -36,11 +37,12 @@ def export_run(run_dir: Path, fmt: str, out: Path | None = None, quant: str = "f
         raise UserError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}.")
     if quant not in gguf.QUANTS:
         raise UserError(f"--quant: {quant!r} is not one of {', '.join(gguf.QUANTS)}.")
-    adapter = recipe.method in ADAPTER_METHODS
+    method = get_method(recipe.method)
+    adapter = method.adapter
     if fmt == "adapter" and not adapter:
         raise UserError(f"{run_dir}: a {recipe.method} run changed the model's own weights, so it has no adapter; "
                         "export it with --format hf or --format gguf.")
-    if fmt != "adapter" and recipe.method == "prompt_tuning":
+    if fmt != "adapter" and not method.mergeable:
         raise UserError(f"{run_dir}: a prompt-tuning run's soft prompt cannot be merged into the weights; "
                         "export it with --format adapter (PEFT loads it).")
     out = out or default_out(run_dir, fmt, quant)

@@ -18,7 +18,7 @@ import torch
 
 from tuneforge.errors import UserError
 from tuneforge.evaluate.pairs import read_samples, save_and_report, tally
-from tuneforge.runs.folder import open_run
+from tuneforge.run_folder import open_run
 
 RUBRIC = ("You are a strict grader. Decide which answer answers the question better: correct, complete, "
           "consistent with the reference answer, and concise. Ignore which answer comes first.")
@@ -63,10 +63,10 @@ def judge_run(run_dir: Path, judge: str, rubric_file: Path | None = None, judge_
 
 def _local(name: str):
     """The judge on the GPU when there is one (in its half precision), else on the CPU in fp32."""
-    from tuneforge.data.tokenize import render_prompt
     from tuneforge.inference.run_models import for_inference
+    from tuneforge.models.chat_template import render_prompt
     from tuneforge.models.loader import load_model, load_tokenizer, resolve_model
-    from tuneforge.train.hardware import autocast, choose_precision, detect_device
+    from tuneforge.runtime.hardware import autocast, choose_precision, detect_device
 
     folder = resolve_model(name)
     device = detect_device()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tuneforge.errors import UserError
 from tuneforge.json_text import jsonl_lines, loads, read_jsonl
-from tuneforge.runs.folder import open_run
+from tuneforge.run_folder import open_run
 
 FIELDS = ["pair_id", "prompt", "reference", "answer_a", "answer_b", "rating", "comment"]
 VERDICTS = {"a": "a", "b": "b", "tie": "tie", "=": "tie", "": None}

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from tuneforge.runs.folder import read_metrics
+from tuneforge.run_folder import read_metrics
 
 
 def _pyplot():

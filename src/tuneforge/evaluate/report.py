@@ -14,7 +14,7 @@ from pathlib import Path
 from tuneforge.evaluate import plots
 from tuneforge.evaluate.table import LABELS, interval
 from tuneforge.json_text import read_jsonl
-from tuneforge.runs.folder import read_metrics
+from tuneforge.run_folder import read_metrics
 
 SIDE_BY_SIDE = 3  # samples shown at each end: the largest gains and the largest losses
 

@@ -14,18 +14,28 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tuneforge.data.prepare import read_split
-from tuneforge.data.tokenize import encode, render_prompt
+from tuneforge.data.tokenize import encode
 from tuneforge.errors import UserError
 from tuneforge.evaluate.forgetting import forgetting, load_general_text
-from tuneforge.evaluate.metrics import (EXAMPLE_METRICS, METRICS, bleu, example_scores, paired_bootstrap, perplexity,
-                                        perplexity_interval, summarize)
+from tuneforge.evaluate.metrics import (
+    EXAMPLE_METRICS,
+    METRICS,
+    bleu,
+    example_scores,
+    paired_bootstrap,
+    perplexity,
+    perplexity_interval,
+    summarize,
+)
 from tuneforge.evaluate.perplexity import text_perplexity
 from tuneforge.evaluate.table import format_comparison, format_scores
 from tuneforge.inference.generate import generate_batch
 from tuneforge.inference.run_models import RunModels
-from tuneforge.recipe import ADAPTER_METHODS, load_recipe
-from tuneforge.runs.folder import open_run
-from tuneforge.train.hardware import DTYPES
+from tuneforge.methods import get_method
+from tuneforge.models.chat_template import render_prompt
+from tuneforge.recipe import load_recipe
+from tuneforge.run_folder import open_run
+from tuneforge.runtime.hardware import DTYPES
 from tuneforge.train.loss import example_losses
 
 # Tokens per packed row when scoring perplexity: enough to keep the matmuls at full speed.
@@ -55,8 +65,8 @@ def evaluate_run(run_dir: Path, max_samples: int | None = None, compare: list[Pa
     if unknown:
         raise UserError(f"--metrics: unknown {', '.join(unknown)}; choose from perplexity, {', '.join(METRICS)}.")
     others = [open_run(path) for path in compare]
-    if lm_eval and recipe.method == "prompt_tuning":
-        raise UserError("--lm-eval runs on the merged model; a prompt_tuning run has no weights to merge.")
+    if lm_eval and not get_method(recipe.method).mergeable:
+        raise UserError(f"--lm-eval runs on the merged model; a {recipe.method} run has no weights to merge.")
     general_name, general_texts = load_general_text(recipe.eval.general_text)
 
     models = RunModels(run_dir, recipe.eval.precision)
@@ -101,7 +111,7 @@ def evaluate_run(run_dir: Path, max_samples: int | None = None, compare: list[Pa
     if lm_eval:
         from tuneforge.evaluate.harness import run_lm_eval
 
-        merged = models.tuned.merge_and_unload() if recipe.method in ADAPTER_METHODS else models.tuned
+        merged = models.tuned.merge_and_unload() if get_method(recipe.method).adapter else models.tuned
         metrics["lm_eval"] = run_lm_eval(merged, models.tokenizer, lm_eval, lm_eval_include, limit=lm_eval_limit,
                                          device=models.device, autocast_dtype=None if models.precision == "fp32"
                                          else DTYPES[models.precision])

@@ -6,19 +6,20 @@ from pathlib import Path
 import torch
 
 from tuneforge.errors import UserError
+from tuneforge.methods import get_method
 from tuneforge.models.loader import load_model, load_tokenizer, resolve_model
-from tuneforge.recipe import ADAPTER_METHODS, Recipe, load_recipe
-from tuneforge.runs.folder import open_run
-from tuneforge.train import attention
-from tuneforge.train.hardware import DTYPES, autocast, choose_precision, detect_device
-from tuneforge.train.methods import half_frozen_linears
+from tuneforge.recipe import Recipe, load_recipe
+from tuneforge.run_folder import open_run
+from tuneforge.runtime import attention
+from tuneforge.runtime.hardware import DTYPES, autocast, choose_precision, detect_device
+from tuneforge.runtime.precision import half_frozen_linears
 
 
 class RunModels:
     """The tuned model of a run; `base()` gives the model before fine-tuning.
 
     For LoRA runs the base is the same weights with the adapter switched off (no second copy). Models
-    run inference only: no weight requires a gradient, attention takes packed rows (train/attention.py),
+    run inference only: no weight requires a gradient, attention takes packed rows (runtime/attention.py),
     and with a bf16 / fp16 `precision` the linear weights are stored in that dtype, so every forward
     must run under `self.autocast()`.
     """
@@ -34,7 +35,8 @@ class RunModels:
         self.precision = choose_precision(precision, self.device)
         self.tokenizer = load_tokenizer(model_dir)
         self._base_dir = resolve_model(self.recipe.model.name)
-        if self.recipe.method in ADAPTER_METHODS:
+        self.adapter = get_method(self.recipe.method).adapter
+        if self.adapter:
             from peft import PeftModel
 
             self.tuned = PeftModel.from_pretrained(self._load(self._base_dir), model_dir)
@@ -50,7 +52,7 @@ class RunModels:
 
     @contextlib.contextmanager
     def base(self):
-        if self.recipe.method in ADAPTER_METHODS:
+        if self.adapter:
             with self.tuned.disable_adapter():
                 yield self.tuned
         else:

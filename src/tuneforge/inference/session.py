@@ -6,9 +6,9 @@ from pathlib import Path
 import torch
 from transformers import GenerationConfig, TextStreamer
 
-from tuneforge.data.tokenize import render_prompt
 from tuneforge.inference.kv_cache import growing_cache
 from tuneforge.inference.run_models import RunModels
+from tuneforge.models.chat_template import render_prompt
 
 
 class ChatSession:

@@ -1,1 +1,1 @@
-"""The run folder contract: every command reads and writes one self-describing folder per run."""
+"""Iterate: the runs of a folder as tables (runs ls) and side by side (runs compare)."""

@@ -6,7 +6,7 @@ from pathlib import Path
 import yaml
 
 from tuneforge.errors import UserError
-from tuneforge.runs.folder import open_run, read_metrics
+from tuneforge.run_folder import open_run, read_metrics
 
 
 def run_summary(run_dir: Path) -> dict:

@@ -8,11 +8,12 @@ import torch
 
 from tuneforge.errors import UserError
 from tuneforge.inference.run_models import for_inference
+from tuneforge.methods import get_method
 from tuneforge.models.loader import load_model, load_tokenizer, resolve_model
-from tuneforge.recipe import ADAPTER_METHODS, load_recipe
-from tuneforge.runs.folder import open_run
-from tuneforge.train import attention
-from tuneforge.train.hardware import autocast, choose_precision, detect_device
+from tuneforge.recipe import load_recipe
+from tuneforge.run_folder import open_run
+from tuneforge.runtime import attention
+from tuneforge.runtime.hardware import autocast, choose_precision, detect_device
 
 
 @dataclass
@@ -46,7 +47,7 @@ class ModelPool:
                                 f"Continue it with: tuneforge train --resume {run_dir}")
         recipes = {p: load_recipe(p / "recipe.yaml") for p in runs}
         for run_dir, recipe in recipes.items():
-            if recipe.method == "prompt_tuning":
+            if not get_method(recipe.method).servable:
                 raise UserError(f"{run_dir}: prompt-tuning runs are not served yet (their soft prompt does not "
                                 f"combine with a shared KV cache); try it with: tuneforge chat {run_dir}")
         for base in sorted({r.model.name for r in recipes.values()}):
@@ -54,7 +55,7 @@ class ModelPool:
         self.max_context = min(getattr(m.config, "max_position_embeddings", 1 << 30) for m in self._models.values())
 
     def _load_group(self, base: str, runs: list[Path], recipes: dict) -> None:
-        adapters = [p for p in runs if recipes[p].method in ADAPTER_METHODS]
+        adapters = [p for p in runs if get_method(recipes[p].method).adapter]
         for run_dir in runs:
             if run_dir not in adapters:
                 model = load_model(run_dir / "model", torch.float32, self.device, attn_implementation=attention.NAME)

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from tuneforge.data.batches import epoch_steps
 from tuneforge.errors import UserError
-from tuneforge.train.distributed import full_state, load_full_state
+from tuneforge.runtime.distributed import full_state, load_full_state
 
 
 @dataclass

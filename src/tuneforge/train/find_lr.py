@@ -13,7 +13,7 @@ import torch
 from tqdm import tqdm
 
 from tuneforge.recipe import Recipe
-from tuneforge.runs.folder import create_run_dir
+from tuneforge.run_folder import create_run_dir
 from tuneforge.train.checkpoint import LoopState, positions
 from tuneforge.train.loop import train_step
 from tuneforge.train.run import load_trainee, plan_training
@@ -23,9 +23,8 @@ _DIVERGED = 4.0  # stop when the smoothed loss exceeds this multiple of its mini
 
 
 def find_lr(recipe: Recipe, runs_dir: Path, steps: int = 200, low: float = 1e-6, high: float = 1.0) -> Path:
-    recipe.train.max_steps = steps
-    recipe.train.warmup_ratio = 0.0
-    recipe.train.schedule = "constant"
+    recipe = recipe.model_copy(update={"train": recipe.train.model_copy(
+        update={"max_steps": steps, "warmup_ratio": 0.0, "schedule": "constant"})})
     setup = plan_training(recipe)
     t = load_trainee(setup, lr=low)
     growth = (high / low) ** (1 / max(1, steps - 1))

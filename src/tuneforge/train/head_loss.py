@@ -15,7 +15,7 @@ here in PyTorch because Liger's is Triton (GPU only). Training steps are as fast
 
 import torch
 
-from tuneforge.train.hardware import matmul_shapes_cached
+from tuneforge.runtime.hardware import matmul_shapes_cached
 
 CHUNK_BYTES = 32 * 2**20  # fp32 logits per chunk; >= 64 tokens a chunk keeps the head's matmul efficient
 ROWS_MULTIPLE = 16  # where matmul shapes are cached: up to 15 rows of zeros, ~0.4% of a short LoRA step

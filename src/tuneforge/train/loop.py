@@ -9,15 +9,26 @@ import psutil
 import torch
 from tqdm import tqdm
 
-from tuneforge.data.batches import collate, collate_packed, micro_batches, packed_micro_batches, to_device
+from tuneforge.data.batches import (
+    collate,
+    collate_packed,
+    micro_batches,
+    packed_micro_batches,
+    to_device,
+)
 from tuneforge.data.tokenize import Encoded
+from tuneforge.methods.gradual_unfreeze import Unfreezer
 from tuneforge.recipe import Recipe
+from tuneforge.runtime.distributed import (
+    Dist,
+    full_state,
+    load_full_state,
+    share_batches,
+)
+from tuneforge.runtime.hardware import DTYPES, autocast, matmul_shapes_cached
 from tuneforge.train.checkpoint import LoopState, positions, save_checkpoint
 from tuneforge.train.compile import AutoCompile
-from tuneforge.train.distributed import Dist, full_state, load_full_state, share_batches
-from tuneforge.train.hardware import DTYPES, autocast, matmul_shapes_cached
 from tuneforge.train.loss import LossModel, evaluate_loss
-from tuneforge.train.methods import Unfreezer
 from tuneforge.train.plan import TrainPlan
 from tuneforge.train.tracking import Trackers
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from tuneforge.data.batches import collate, collate_packed, pack, to_device
 from tuneforge.data.tokenize import IGNORE
-from tuneforge.train.hardware import shapes_cached_now
+from tuneforge.runtime.hardware import shapes_cached_now
 from tuneforge.train.head_loss import head_cross_entropy
 
 
@@ -108,7 +108,7 @@ def evaluate_loss(loss_model: LossModel, examples: list, micro_batch: int, pad_i
                   autocast, d=None) -> ValResult:
     """Token-weighted mean loss and next-token accuracy over examples (exact under padding). With
     several processes (`d`), each runs its share of the micro-batches and the totals are summed."""
-    from tuneforge.train.distributed import Dist, share_batches
+    from tuneforge.runtime.distributed import Dist, share_batches
 
     d = d or Dist()
     was_training = loss_model.training
@@ -137,7 +137,7 @@ def example_losses(model, examples: list, device: str, tokens_per_batch: int = 2
     given (for intervals and paired tests over examples; their totals give evaluate_loss's mean).
 
     Examples are packed into rows of about `tokens_per_batch` tokens (no padding; each attends to itself
-    only, see train/attention.py), except for prompt tuning, whose soft prompt goes in front of a whole
+    only, see runtime/attention.py), except for prompt tuning, whose soft prompt goes in front of a whole
     row: there they are padded, as many per batch as fit the same number of tokens.
     """
     was_training = model.training

@@ -13,7 +13,8 @@ from pathlib import Path
 import psutil
 import torch
 
-from tuneforge.recipe import HALF_BASE_METHODS, LORA_METHODS, Recipe
+from tuneforge.methods import get_method
+from tuneforge.recipe import Recipe
 from tuneforge.train.head_loss import chunk_tokens
 
 # Bytes kept for backward per token, per transformer block, per unit of hidden size (fp32, SDPA): the
@@ -81,13 +82,14 @@ def model_shape(model_dir: Path, recipe: Recipe) -> ModelShape:
     """Count parameters on the meta device: no memory, no weights read, the method really applied."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from tuneforge.train.methods import apply_method, count_parameters
+    from tuneforge.methods import apply_method
+    from tuneforge.methods.model_parts import count_parameters
 
     config = AutoConfig.from_pretrained(model_dir)
+    method = get_method(recipe.method)
     counting = recipe.model_copy(deep=True)
     counting.prompt_tuning.init_text = None  # a text init would read the tokenizer; the count is the same
-    if counting.method == "qlora":
-        counting.method = "lora"  # same adapters; the base's linear weights are then counted as 4-bit
+    counting.method = method.counted_as().name  # qlora: lora's adapters, the base's linears counted as 4-bit
     with torch.device("meta"):
         model = apply_method(AutoModelForCausalLM.from_config(config), counting)
     total, trainable = count_parameters(model)
@@ -95,16 +97,16 @@ def model_shape(model_dir: Path, recipe: Recipe) -> ModelShape:
     linear = sum(m.weight.numel() for name, m in model.named_modules()
                  if isinstance(m, torch.nn.Linear) and m is not head and "lora_" not in name)
     matrices = [tuple(p.shape) for p in model.parameters() if p.requires_grad and p.ndim == 2]
-    return ModelShape(total, trainable, matrices, linear if recipe.method == "qlora" else 0, linear,
+    return ModelShape(total, trainable, matrices, linear if method.four_bit_base else 0, linear,
                       config.num_hidden_layers, config.hidden_size, config.vocab_size)
 
 
 def estimate_memory(shape: ModelShape, recipe: Recipe, tokens_per_micro_batch: int, precision: str,
                     world: int = 1) -> MemoryEstimate:
-    cfg = recipe.train
+    cfg, method = recipe.train, get_method(recipe.method)
     full_precision = shape.total_params - shape.four_bit_params
-    # Adapter methods keep their frozen linear weights in the autocast dtype (methods.half_frozen_linears).
-    half = shape.linear_params if precision != "fp32" and recipe.method in HALF_BASE_METHODS else 0
+    # Methods with half_base keep their frozen linear weights in the autocast dtype (runtime/precision.py).
+    half = shape.linear_params if precision != "fp32" and method.half_base else 0
     weights = (full_precision - half) * 4 + half * 2 + shape.four_bit_params // 2
     if precision != "fp32":  # autocast keeps a half-precision copy of the fp32 weights it casts
         weights += (full_precision - half) * 2
@@ -115,26 +117,17 @@ def estimate_memory(shape: ModelShape, recipe: Recipe, tokens_per_micro_batch: i
     else:  # adafactor: a row and a column statistic per matrix, a full one per vector
         in_matrices = sum(r * c for r, c in shape.trainable_matrices)
         optimizer = 4 * (sum(r + c for r, c in shape.trainable_matrices) + shape.trainable_params - in_matrices)
-    kind = "plain"
-    if recipe.method in LORA_METHODS:
-        kind = "lora_dropout" if recipe.lora.dropout else "lora"
-    kept = _ACTIVATION_BYTES_PER_TOKEN_BLOCK_HIDDEN[kind]
+    kept = _ACTIVATION_BYTES_PER_TOKEN_BLOCK_HIDDEN[method.activation_kind(recipe)]
     per_unit = _CHECKPOINTED_BYTES_PER_TOKEN_BLOCK_HIDDEN if cfg.gradient_checkpointing else kept
     if precision != "fp32":
         per_unit //= 2
     # Blocks below the lowest trainable one need no backward (freeze), so keep nothing.
-    learning_blocks = shape.layers
-    if recipe.method == "freeze" and not recipe.freeze.frozen_modules:
-        learning_blocks = min(shape.layers, recipe.freeze.trainable_blocks)
-    blocks = tokens_per_micro_batch * learning_blocks * shape.hidden * per_unit
+    blocks = tokens_per_micro_batch * method.learning_blocks(recipe, shape.layers) * shape.hidden * per_unit
     if cfg.gradient_checkpointing:
         blocks += tokens_per_micro_batch * shape.hidden * kept
     head = min(tokens_per_micro_batch, chunk_tokens(shape.vocab)) * shape.vocab * 4 * _HEAD_COPIES
-    if recipe.method == "full":  # the head's weight gradient, summed over the chunks in fp32
-        head += shape.vocab * shape.hidden * 4
-    if recipe.method in ("dora", "qlora"):
-        # DoRA recomposes W + BA to take its norm, QLoRA dequantises W: full-size fp32 temporaries.
-        blocks += shape.linear_params * 4
+    head += method.head_gradient(shape.vocab, shape.hidden)
+    blocks += method.full_size_temporaries(shape.linear_params)
     sharded = world if cfg.distributed == "fsdp" else 1
     # Early stopping keeps a copy of the best trainable weights (gathered in full on every process).
     best_copy = shape.trainable_params * 4 if cfg.early_stopping_patience else 0

@@ -14,22 +14,43 @@ from pathlib import Path
 import psutil
 import torch
 
-from tuneforge.data.prepare import PreparedData, copy_prepared, encode_splits, prepared_folder, read_split
+from tuneforge.data.prepare import (
+    PreparedData,
+    copy_prepared,
+    encode_splits,
+    prepared_folder,
+    read_split,
+)
 from tuneforge.data.split import SPLITS
-from tuneforge.data.tokenize import ensure_chat_template
 from tuneforge.errors import UserError
+from tuneforge.methods import get_method
+from tuneforge.methods.model_parts import trainable_parameters, transformer_blocks
+from tuneforge.models.chat_template import ensure_chat_template
 from tuneforge.models.loader import load_tokenizer, resolve_model
 from tuneforge.recipe import Recipe, load_recipe
-from tuneforge.runs.folder import create_run_dir, open_run, truncate_metrics, write_env
+from tuneforge.run_folder import create_run_dir, open_run, truncate_metrics, write_env
+from tuneforge.runtime.distributed import (
+    check_batch,
+    device_for,
+    full_state,
+    init_distributed,
+    shutdown,
+    wrap,
+)
+from tuneforge.runtime.hardware import choose_precision
 from tuneforge.train.checkpoint import LoopState, list_checkpoints, load_checkpoint
 from tuneforge.train.compile import AutoCompile, compile_blocks
-from tuneforge.train.distributed import check_batch, device_for, full_state, init_distributed, shutdown, wrap
-from tuneforge.train.hardware import choose_precision
+from tuneforge.train.load import load_for_method
 from tuneforge.train.loop import Trainee, fit
 from tuneforge.train.loss import LossModel
-from tuneforge.train.methods import Unfreezer, load_for_method, trainable_parameters, transformer_blocks
 from tuneforge.train.optim import make_optimizer, make_schedule
-from tuneforge.train.plan import ModelShape, TrainPlan, format_plan, make_plan, model_shape
+from tuneforge.train.plan import (
+    ModelShape,
+    TrainPlan,
+    format_plan,
+    make_plan,
+    model_shape,
+)
 from tuneforge.train.tracking import Trackers
 
 
@@ -85,10 +106,12 @@ def resume(run_dir: Path) -> Path:
 
 def plan_training(recipe: Recipe, prepared: Path | None = None) -> Setup:
     """Data and the memory plan, before any weight is loaded; `prepared` is the data folder to use
-    (a resumed run's own), otherwise the recipe's data is prepared (or found in the cache)."""
+    (a resumed run's own), otherwise the recipe's data is prepared (or found in the cache). The Setup's
+    recipe is a resolved copy (derived values filled in); the caller's recipe is left as it was."""
+    recipe = recipe.model_copy(deep=True)
     _check_combination(recipe)
     if recipe.train.packing is None:
-        recipe.train.packing = recipe.method != "prompt_tuning"
+        recipe.train.packing = get_method(recipe.method).packing
     d = init_distributed()
     random.seed(recipe.seed)
     torch.manual_seed(recipe.seed)
@@ -132,6 +155,7 @@ def plan_training(recipe: Recipe, prepared: Path | None = None) -> Setup:
 def load_trainee(setup: Setup, lr: float | None = None) -> Trainee:
     """Load the model for the method, then speed switches, the distributed wrapper and the optimizer."""
     recipe, t, cfg = setup.recipe, setup.trainee, setup.recipe.train
+    method = get_method(recipe.method)
     if t.device == "cpu":
         torch.set_num_threads(cfg.threads or _cores_per_process())
     t.model = load_for_method(resolve_model(recipe.model.name), recipe, t.device, t.precision)
@@ -141,19 +165,18 @@ def load_trainee(setup: Setup, lr: float | None = None) -> Trainee:
     blocks = transformer_blocks(t.model) if cfg.compile is True or cfg.distributed == "fsdp" else []
     if cfg.compile is True:
         compile_blocks(blocks)
-    elif cfg.compile == "auto" and t.dist.world == 1 and recipe.method != "gradual_unfreeze":
+    elif cfg.compile == "auto" and t.dist.world == 1 and method.static_graph:
         # One process only: the blocks of a DDP / FSDP model are wrapped before the first step; and
-        # gradual_unfreeze changes which blocks learn, which would recompile them.
+        # a method that changes which blocks learn (gradual_unfreeze) would recompile them.
         with contextlib.suppress(UserError):  # a model without decoder.layers stays eager
             t.compiler = AutoCompile(transformer_blocks(t.model))
     t.loss_model = LossModel(t.model, cfg.label_smoothing)
     t.module = wrap(t.loss_model, blocks, cfg.distributed, t.dist, t.device,
-                    find_unused=recipe.method == "gradual_unfreeze")
+                    find_unused=not method.static_graph)
     t.params = trainable_parameters(t.model)
     t.optimizer = make_optimizer(t.params, recipe, lr)
     t.scheduler = make_schedule(t.optimizer, recipe, setup.plan.warmup_steps, setup.plan.total_steps)
-    if recipe.method == "gradual_unfreeze":
-        t.unfreezer = Unfreezer(t.model, recipe.freeze.unfreeze_every)
+    t.unfreezer = method.unfreezer(t.model, recipe)
     return t
 
 
@@ -194,9 +217,9 @@ def save_model(model, tokenizer, folder: Path, state_dict: dict | None = None) -
 
 
 def _check_combination(recipe: Recipe) -> None:
-    if recipe.train.packing and recipe.method == "prompt_tuning":
-        raise UserError("train.packing: prompt_tuning puts its soft prompt in front of each row, so packed "
-                        "examples would share one prompt; set train.packing: false for prompt_tuning.")
+    if recipe.train.packing and not get_method(recipe.method).packing:
+        raise UserError(f"train.packing: {recipe.method} puts its soft prompt in front of each row, so packed "
+                        f"examples would share one prompt; set train.packing: false for {recipe.method}.")
 
 
 def _check_unchanged(recipe: Recipe, checkpoint: Path, run_dir: Path) -> None:

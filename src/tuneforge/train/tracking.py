@@ -4,7 +4,7 @@ from pathlib import Path
 
 from tuneforge.errors import UserError
 from tuneforge.recipe import Recipe
-from tuneforge.runs.folder import append_metrics
+from tuneforge.run_folder import append_metrics
 
 
 class Trackers:

@@ -1,0 +1,18 @@
+"""Which parameters learn: one module per method, each registering one Method (methods/base.py).
+A new method is one new module here, imported below, plus its tests."""
+
+# isort: off
+# Registration order is the order the recipe lists the methods in.
+from tuneforge.methods import full, freeze, gradual_unfreeze, lora, rslora, dora, qlora, prompt_tuning  # noqa: F401
+# isort: on
+from tuneforge.methods.base import METHODS, Method, get_method, register
+
+__all__ = ["METHODS", "Method", "apply_method", "get_method", "register"]
+
+
+def apply_method(model, recipe, model_dir=None):
+    """The recipe's method applied to a loaded (or meta-device) model, adapters initialised from the seed."""
+    import torch
+
+    torch.manual_seed(recipe.seed)  # adapter and soft-prompt initialisation
+    return get_method(recipe.method).apply(model, recipe, model_dir)

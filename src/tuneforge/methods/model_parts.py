@@ -1,0 +1,59 @@
+"""The parts of a model that methods choose from: its transformer blocks and its parameters."""
+
+from tuneforge.errors import UserError
+
+
+def transformer_blocks(model):
+    import torch
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    layers = getattr(base.get_decoder(), "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList):
+        raise UserError(f"{type(base).__name__}: cannot find its transformer blocks (decoder.layers); "
+                        "freeze and gradual_unfreeze support decoder models such as Llama, Qwen, Mistral. "
+                        "Use lora or full.")
+    return layers
+
+
+def trainable_parameters(model) -> dict:
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(total, trainable), counting tied weights once and 4-bit weights by their element count."""
+    import torch
+
+    seen, total, trainable = set(), 0, 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        n = p.numel() * (2 if p.dtype == torch.uint8 else 1)  # bitsandbytes packs two 4-bit values per byte
+        total += n
+        trainable += n if p.requires_grad else 0
+    return total, trainable
+
+
+def top_modules(model, with_embeddings: bool) -> list:
+    """Final norm, an untied output head, and the embeddings when asked for (a tied head comes with them)."""
+    modules = [getattr(model.get_decoder(), "norm", None)]
+    head, embeddings = model.get_output_embeddings(), model.get_input_embeddings()
+    if head is not None and head.weight is not embeddings.weight:
+        modules.append(head)
+    if with_embeddings:
+        modules.append(embeddings)
+    return [m for m in modules if m is not None]
+
+
+def train_last_blocks(model, n: int, with_embeddings: bool):
+    """Freeze everything, then let the last n blocks and the top modules learn."""
+    blocks = transformer_blocks(model)
+    if n > len(blocks):
+        raise UserError(f"freeze.trainable_blocks: {n} is more than the model's {len(blocks)} blocks; "
+                        f"use 1..{len(blocks)} (or method: full).")
+    model.requires_grad_(False)
+    for block in blocks[len(blocks) - n:]:
+        block.requires_grad_(True)
+    for module in top_modules(model, with_embeddings):
+        module.requires_grad_(True)
+    return model
