@@ -1,11 +1,11 @@
-"""The training loop, in plain sight: steps of micro-batches, clipping, the optimizer, validation,
-early stopping with restore of the best weights, checkpoints. Bookkeeping lives in small helpers."""
+"""The training loop, in plain sight: steps of micro-batches, clipping, the optimizer. What happens
+around the steps (validation, early stopping, checkpoints, tracking, unfreezing, auto-compile) is the
+callbacks' (train/callbacks.py), called in order."""
 
 import contextlib
 import time
 from dataclasses import dataclass
 
-import psutil
 import torch
 from tqdm import tqdm
 
@@ -19,16 +19,12 @@ from tuneforge.data.batches import (
 from tuneforge.data.tokenize import Encoded
 from tuneforge.methods.gradual_unfreeze import Unfreezer
 from tuneforge.recipe import Recipe
-from tuneforge.runtime.distributed import (
-    Dist,
-    full_state,
-    load_full_state,
-    share_batches,
-)
+from tuneforge.runtime.distributed import Dist, share_batches
 from tuneforge.runtime.hardware import DTYPES, autocast, matmul_shapes_cached
-from tuneforge.train.checkpoint import LoopState, positions, save_checkpoint
+from tuneforge.train.callbacks import Callback, Fit, Step, Window, standard_callbacks
+from tuneforge.train.checkpoint import LoopState, positions
 from tuneforge.train.compile import AutoCompile
-from tuneforge.train.loss import LossModel, evaluate_loss
+from tuneforge.train.loss import LossModel
 from tuneforge.train.plan import TrainPlan
 from tuneforge.train.tracking import Trackers
 
@@ -61,44 +57,36 @@ class Trainee:
 
 
 def fit(t: Trainee, train: list[Encoded], val: list[Encoded], recipe: Recipe, plan: TrainPlan,
-        run_dir, state: LoopState, trackers: Trackers | None, best_weights: dict | None = None) -> LoopState:
+        run_dir, state: LoopState, trackers: Trackers | None, best_weights: dict | None = None,
+        callbacks: list[Callback] | None = None) -> LoopState:
+    """Steps until the plan's last (or until a callback stops the run), calling the callbacks
+    (train/callbacks.py; by default standard_callbacks) around each step."""
     cfg = recipe.train
+    callbacks = standard_callbacks(t, val) if callbacks is None else callbacks
     t.module.train()
     bar = tqdm(total=plan.total_steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True,
                disable=None if t.dist.main else True)
-    if val and state.step == 0:  # the starting point: every later validation is compared to it
-        best_weights = _validate(t, val, recipe, plan, state, trackers, bar, best_weights)
-    window = _Window()
+    run = Fit(t, recipe, plan, run_dir, state, trackers, bar, Window(), best_weights)
+    for c in callbacks:
+        c.on_fit_start(run)
     done = state.step >= plan.total_steps or state.stopped_early  # a resume of a run killed while saving
     for indices in ([] if done else positions(state, len(train), cfg.global_batch_size, recipe.seed)):
-        if t.unfreezer is not None and t.unfreezer.update(state.step):
-            bar.write(f"step {state.step}: training the last {t.unfreezer.active} of {len(t.unfreezer.blocks)} blocks")
+        for c in callbacks:
+            c.on_step_start(run)
         started = time.perf_counter()
         loss, tokens, grad_norm = train_step(t, train, indices, plan, recipe)
+        seconds = time.perf_counter() - started
         state.step += 1
-        if t.compiler is not None:
-            _auto_compile(t.compiler, state.step, time.perf_counter() - started, tokens,
-                          plan.total_steps - state.step, trackers, bar)
         state.step_in_epoch += 1
         state.tokens_seen += tokens
-        window.add(loss, tokens)
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{window.tokens_per_s():.0f}", refresh=False)
-        last = state.step >= plan.total_steps
-        if trackers and (state.step % cfg.log_every == 0 or last):
-            trackers.log(window.record(state, t.scheduler.get_last_lr()[0], grad_norm, t.device))
-        if val and (state.step % cfg.eval_every == 0 or last):
-            best_weights = _validate(t, val, recipe, plan, state, trackers, bar, best_weights)
-            window.restart()  # throughput counts training time only
-        if state.step % cfg.save_every == 0 or last or state.stopped_early:
-            save_checkpoint(run_dir, t, state, best_weights, cfg.keep_checkpoints)
-        if last or state.stopped_early:
+        step = Step(loss, tokens, grad_norm, seconds, last=state.step >= plan.total_steps)
+        for c in callbacks:
+            c.on_step_end(run, step)
+        if step.last or state.stopped_early:
             break
     bar.close()
-    if best_weights is not None and state.best_step != state.step:
-        load_full_state(t.model, best_weights)
-        if t.dist.main:
-            print(f"Restored the best weights (step {state.best_step}, {cfg.early_stopping_metric} {state.best_value:.4f}).")
+    for c in callbacks:
+        c.on_fit_end(run)
     return state
 
 
@@ -145,64 +133,3 @@ def _gradient_sync(module, sync: bool):
     if hasattr(module, "set_requires_gradient_sync"):  # FSDP2
         module.set_requires_gradient_sync(sync)
     return contextlib.nullcontext()
-
-
-def _auto_compile(compiler: AutoCompile, step: int, seconds: float, tokens: int, remaining: int, trackers,
-                  bar) -> None:
-    record = compiler.after_step(step, seconds, tokens, remaining)
-    if record is not None:
-        bar.write(f"step {step}: train.compile auto: {record['reason']}")
-        if trackers:
-            trackers.log(record)
-
-
-def _validate(t: Trainee, val, recipe: Recipe, plan: TrainPlan, state: LoopState, trackers, bar, best_weights):
-    cfg = recipe.train
-    result = evaluate_loss(t.loss_model, val, plan.micro_batch, t.pad_id, t.device, t.autocast, t.dist)
-    value = result.loss if cfg.early_stopping_metric == "val_loss" else result.accuracy
-    better = state.best_value is None or (value < state.best_value if cfg.early_stopping_metric == "val_loss"
-                                          else value > state.best_value)
-    if better:
-        state.best_value, state.best_step, state.evals_without_improvement = value, state.step, 0
-        if cfg.early_stopping_patience:
-            best_weights = full_state(t.model, list(t.params), t.dist)
-    else:
-        state.evals_without_improvement += 1
-        state.stopped_early = bool(cfg.early_stopping_patience
-                                   and state.evals_without_improvement >= cfg.early_stopping_patience)
-    if trackers:
-        trackers.log({"step": state.step, "val_loss": round(result.loss, 5), "val_accuracy": round(result.accuracy, 5),
-                      f"best_{cfg.early_stopping_metric}": round(state.best_value, 5), "best_step": state.best_step})
-    if t.dist.main:
-        bar.write(f"step {state.step}: val loss {result.loss:.4f}, accuracy {result.accuracy:.3f} "
-                  f"(best {cfg.early_stopping_metric} {state.best_value:.4f} at step {state.best_step})")
-    return best_weights
-
-
-class _Window:
-    """Running loss and throughput between two metrics lines."""
-
-    def __init__(self):
-        self.start = self.last = time.perf_counter()
-        self.losses, self.tokens = [], 0
-
-    def restart(self) -> None:
-        self.start = self.last = time.perf_counter()
-
-    def add(self, loss: float, tokens: int) -> None:
-        self.losses.append(loss)
-        self.tokens += tokens
-        self.last = time.perf_counter()
-
-    def tokens_per_s(self) -> float:
-        return self.tokens / max(self.last - self.start, 1e-9)
-
-    def record(self, state: LoopState, lr: float, grad_norm: float | None, device: str) -> dict:
-        record = {"step": state.step, "epoch": state.epoch, "loss": round(sum(self.losses) / len(self.losses), 5),
-                  "lr": lr, "grad_norm": None if grad_norm is None else round(grad_norm, 4),
-                  "tokens": state.tokens_seen, "tokens_per_s": round(self.tokens_per_s(), 1),
-                  "rss_mb": round(psutil.Process().memory_info().rss / 2**20)}
-        if device.startswith("cuda"):
-            record["gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
-        self.__init__()
-        return record
