@@ -157,7 +157,7 @@ def benchmark_data(job: dict):
     and the held-out examples every model is scored on."""
     from tuneforge.data.prepare import encode_splits, prepared_folder, read_split
     from tuneforge.data.split import SPLITS
-    from tuneforge.data.tokenize import encode
+    from tuneforge.tasks.chat import encode
     from tuneforge.models.chat_template import ensure_chat_template
     from tuneforge.models.loader import load_tokenizer, resolve_model
     from tuneforge.recipe import validate_recipe

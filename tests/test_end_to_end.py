@@ -5,11 +5,11 @@ import json
 
 import pytest
 
-from tuneforge.data.tokenize import IGNORE
 from tuneforge.evaluate.run import evaluate_run
 from tuneforge.models.catalog import CATALOG, DEFAULT_MODEL
 from tuneforge.models.loader import load_tokenizer, resolve_model
 from tuneforge.recipe import validate_recipe
+from tuneforge.tasks.tokens import IGNORE
 from tuneforge.train.run import train
 
 pytestmark = pytest.mark.e2e
@@ -25,7 +25,7 @@ def test_bundled_model_is_converted_once_to_safetensors():
 
 
 def test_real_chat_template_loss_mask():
-    from tuneforge.data.tokenize import encode
+    from tuneforge.tasks.chat import encode
 
     tokenizer = load_tokenizer(resolve_model(DEFAULT_MODEL))
     messages = [{"role": "user", "content": "What does `json.dumps` do?"},

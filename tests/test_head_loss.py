@@ -6,10 +6,10 @@ import contextlib
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import arithmetic_rows
+
 from tuneforge.data.batches import collate
-from tuneforge.data.tokenize import encode
+from tuneforge.tasks.chat import encode
 from tuneforge.train import head_loss
 from tuneforge.train.head_loss import head_cross_entropy
 from tuneforge.train.loss import LossModel

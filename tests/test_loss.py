@@ -7,10 +7,10 @@ import torch
 from conftest import arithmetic_rows
 
 from tuneforge.data.batches import bucket_length, collate, collate_packed, pack
-from tuneforge.data.tokenize import encode
 from tuneforge.models.loader import load_model
 from tuneforge.runtime.attention import NAME
 from tuneforge.runtime.hardware import matmul_shapes_cached, shapes_cached_now
+from tuneforge.tasks.chat import encode
 from tuneforge.train.loss import LossModel, evaluate_loss, example_losses
 
 
@@ -112,7 +112,7 @@ def test_bucketed_batches_give_the_same_loss_and_gradients(tiny_model, tiny_toke
 
 
 def test_best_fit_decreasing_fills_rows():
-    from tuneforge.data.tokenize import Encoded
+    from tuneforge.tasks.tokens import Encoded
 
     examples = [Encoded(str(i), [1] * n, [1] * n, False) for i, n in enumerate([60, 50, 40, 30, 20, 10, 5, 5])]
     rows = pack(examples, 64)

@@ -10,11 +10,11 @@ from conftest import arithmetic_rows
 from safetensors.torch import load_file
 
 from tuneforge.data.batches import collate
-from tuneforge.data.tokenize import encode
 from tuneforge.errors import UserError
 from tuneforge.methods import apply_method
 from tuneforge.methods.model_parts import trainable_parameters
 from tuneforge.models.loader import load_model
+from tuneforge.tasks.chat import encode
 from tuneforge.train.checkpoint import list_checkpoints
 from tuneforge.train.load import load_for_method
 from tuneforge.train.loss import LossModel

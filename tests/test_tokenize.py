@@ -1,7 +1,8 @@
 """Which token ids carry loss: only the assistant's answers (and their end-of-turn token)."""
 
-from tuneforge.data.tokenize import IGNORE, encode
 from tuneforge.models.chat_template import render_prompt
+from tuneforge.tasks.chat import encode
+from tuneforge.tasks.tokens import IGNORE
 
 
 def _loss_text(tokenizer, encoded) -> str:

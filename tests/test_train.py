@@ -81,7 +81,8 @@ def test_loss_goes_down(tiny_recipe, tmp_path):
 def test_micro_batch_split_gives_the_same_gradient(tiny_model, tiny_tokenizer):
     """Loss normalised over the whole step: 1 x 8 == 4 x 2 == 8 x 1."""
     from conftest import arithmetic_rows
-    from tuneforge.data.tokenize import encode
+
+    from tuneforge.tasks.chat import encode
 
     rows = [encode({"id": str(i), **r}, tiny_tokenizer, 64) for i, r in enumerate(arithmetic_rows(8))]
     n_loss = sum(r.loss_tokens for r in rows)

@@ -13,8 +13,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from tuneforge.errors import UserError
 from tuneforge.methods import METHODS
+from tuneforge.tasks import TASKS
 
-# What learns is a registered method (methods/): one module each, with its default learning rate.
+# What is learnt is a registered task (tasks/), which parameters learn a registered method (methods/).
+Task = Literal[tuple(TASKS)]
 Method = Literal[tuple(METHODS)]
 
 
@@ -286,6 +288,9 @@ class Recipe(Section):
     """Run name: the folder under runs/ (a free name is chosen if it exists)."""
     seed: int = Field(0, ge=0, lt=2**63)
     """Seed for data order, subsets, adapter initialisation and dropout."""
+    task: Task = "chat"
+    """What is learnt: chat (assistant answers in conversations, through the chat template; text rows
+    learnt whole) or causal_lm (raw text only, every token: continued pre-training)."""
     method: Method = "lora"
     """full (every weight), freeze (the last blocks), gradual_unfreeze (blocks unfrozen from the top
     during training), lora, rslora, dora, qlora (adapters) or prompt_tuning (a learned soft prompt)."""
@@ -336,10 +341,22 @@ def validate_recipe(raw: dict, source: str = "recipe", lines: dict[tuple, int] |
     for item in overrides:
         _apply_override(raw, item)
     try:
-        return Recipe.model_validate(raw)
+        recipe = Recipe.model_validate(raw)
     except ValidationError as e:
         problems = [_describe(err, source, lines or {}) for err in _merge_unions(e.errors())]
         raise UserError("\n".join(problems)) from None
+    _check_task_fits(recipe, source, lines or {})
+    return recipe
+
+
+def _check_task_fits(recipe: Recipe, source: str, lines: dict[tuple, int]) -> None:
+    """Settings that make rows the task cannot learn from are refused before anything runs."""
+    task, augment = TASKS[recipe.task], recipe.data.augment
+    if (augment.synthetic or augment.paraphrases) and "messages" not in task.row_kinds:
+        line = lines.get(("data", "augment"))
+        raise UserError(f"{source}{f':{line}' if line else ''}: data.augment makes conversations, and task "
+                        f"{recipe.task} learns from {' or '.join(task.row_kinds)} rows only. Set "
+                        "data.augment.synthetic and data.augment.paraphrases to 0, or use task: chat.")
 
 
 def _merge_unions(errors: list[dict]) -> list[dict]:

@@ -2,7 +2,7 @@
 
 import torch
 
-from tuneforge.data.tokenize import IGNORE, Encoded
+from tuneforge.tasks.tokens import IGNORE, Encoded
 
 # bucket_length's sizes per doubling: 32 pads under 1% of the tokens (16: about 2%, for 0.1 GiB less memory)
 LENGTHS_PER_DOUBLING = 32

@@ -22,11 +22,11 @@ from tuneforge.data.dedup import NearDuplicates, exact_key, normalised_text
 from tuneforge.data.formats import RowReader, content_id
 from tuneforge.data.sources import read_source
 from tuneforge.data.split import SPLITS, TRAIN, assign_splits, unit_hash
-from tuneforge.data.tokenize import token_lengths
 from tuneforge.data.validate import check_example
 from tuneforge.errors import RowError, UserError
 from tuneforge.json_text import MAX_NESTING, nested_deeper_than
 from tuneforge.recipe import Recipe
+from tuneforge.tasks import get_task
 
 # Why a valid row did not reach the split files (KEPT: it did).
 KEPT, TOO_SHORT, TOO_LONG, EXACT, NEAR, LEAK_EXACT, LEAK_NEAR, SUBSET = range(8)
@@ -60,7 +60,7 @@ class Rows:
         self.near = NearDuplicates(work, c.near_threshold, c.near_ngram) if c.dedup_near or c.leakage_check else None
 
     def add(self, batch: list[Pending]) -> None:
-        lengths = token_lengths([p.example for p in batch], self.tokenizer)
+        lengths = get_task(self.recipe.task).token_lengths([p.example for p in batch], self.tokenizer)
         for p, length in zip(batch, lengths):
             self.status.append(self._status(length, p.key))
             self.offsets.append(self._spill.tell())
@@ -117,6 +117,7 @@ def read_all(recipe: Recipe, tokenizer, fingerprints: list[dict], work: Path,
     """Pass 1: every row of every source read, validated, cleaned, measured and hashed."""
     d = recipe.data
     rows, cleaner, report = Rows(work, recipe, tokenizer), Cleaner(d.clean), ReadReport()
+    task = get_task(recipe.task)
     user_ids: dict[str, int] = {}
     with rejects_path.open("w", encoding="utf-8") as rejects:
         for index, spec in enumerate(d.sources):
@@ -130,7 +131,7 @@ def read_all(recipe: Recipe, tokenizer, fingerprints: list[dict], work: Path,
             for where, row in bar:
                 read += 1
                 try:
-                    pending, fmt, changed = _validated(row, reader, cleaner, d.max_row_chars, user_ids, index)
+                    pending, fmt, changed = _validated(row, reader, cleaner, d.max_row_chars, user_ids, index, task)
                 except RowError as e:
                     if not d.skip_invalid:
                         raise UserError(f"{where}: {e} Fix the row, or set data.skip_invalid: true to skip "
@@ -164,12 +165,15 @@ def read_all(recipe: Recipe, tokenizer, fingerprints: list[dict], work: Path,
     return rows, report
 
 
-def _validated(row, reader: RowReader, cleaner: Cleaner, max_chars: int, user_ids: dict, source: int):
+def _validated(row, reader: RowReader, cleaner: Cleaner, max_chars: int, user_ids: dict, source: int, task):
     if isinstance(row, RowError):
         raise row
     if nested_deeper_than(row, MAX_NESTING):  # before anything recurses into it
         raise RowError(f"nests lists and objects more than {MAX_NESTING} levels deep; no row format does.")
     fmt, example = reader.example(row)
+    refusal = task.check_row(example)
+    if refusal:
+        raise RowError(refusal, "task")
     changed = cleaner.example(example)
     check_example(example, max_chars)
     text = normalised_text(example)

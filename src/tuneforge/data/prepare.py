@@ -32,11 +32,12 @@ from tuneforge.data.report import write_report
 from tuneforge.data.sources import fingerprint
 from tuneforge.data.split import SPLITS, TEST, TRAIN, VAL
 from tuneforge.data.stats import token_stats
-from tuneforge.data.tokenize import Encoded, encode, token_lengths
 from tuneforge.data.validate import check_example
 from tuneforge.errors import RowError, UserError
 from tuneforge.home import tuneforge_home
 from tuneforge.recipe import Recipe
+from tuneforge.tasks import get_task
+from tuneforge.tasks.tokens import Encoded
 
 FORMAT_VERSION = 2  # bump when the same inputs would now prepare differently
 
@@ -61,7 +62,7 @@ def prepare_data(recipe: Recipe, tokenizer, out: Path, fingerprints: list[dict] 
         _check_training_rows_left(decisions, recipe)
         synthetic = _synthetic(rows, decisions, recipe)
         ids = write_splits(rows, decisions, synthetic, tmp)
-        lengths = _split_lengths(rows, decisions, synthetic, tokenizer)
+        lengths = _split_lengths(rows, decisions, synthetic, tokenizer, get_task(recipe.task))
         manifest = _manifest(recipe, tokenizer, rows, read, decisions, synthetic, ids, tmp)
         manifest["tokens"] = token_stats(lengths, recipe.data.max_length, recipe.train.global_batch_size)
         manifest["seconds"] = round(time.time() - started, 1)
@@ -124,7 +125,8 @@ def prepare_command(recipe: Recipe, out: Path, overwrite: bool) -> dict:
 
 
 def cache_key(recipe: Recipe, tokenizer, fingerprints: list[dict]) -> str:
-    what = {"version": FORMAT_VERSION, "data": recipe.data.model_dump(mode="json"), "seed": recipe.seed,
+    what = {"version": FORMAT_VERSION, "task": recipe.task, "data": recipe.data.model_dump(mode="json"),
+            "seed": recipe.seed,
             "global_batch_size": recipe.train.global_batch_size, "sources": fingerprints,
             "augment_model": recipe.data.augment.model or recipe.model.name, "tokenizer": _tokenizer_id(tokenizer)}
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:20]
@@ -191,12 +193,12 @@ def _synthetic(rows, decisions, recipe: Recipe) -> list[dict]:
     return out
 
 
-def _split_lengths(rows, decisions, synthetic: list[dict], tokenizer) -> dict[str, np.ndarray]:
+def _split_lengths(rows, decisions, synthetic: list[dict], tokenizer, task) -> dict[str, np.ndarray]:
     tokens = np.frombuffer(rows.tokens, dtype=np.int32)
     lengths = {name: np.repeat(tokens, np.where(decisions.split == code, decisions.repeats, 0))
                for code, name in enumerate(SPLITS)}
     if synthetic:
-        lengths["train"] = np.concatenate([lengths["train"], token_lengths(synthetic, tokenizer)])
+        lengths["train"] = np.concatenate([lengths["train"], task.token_lengths(synthetic, tokenizer)])
     return lengths
 
 
@@ -220,7 +222,7 @@ def _manifest(recipe: Recipe, tokenizer, rows, read, decisions, synthetic, ids, 
         "format_version": FORMAT_VERSION,
         "sources": read.sources,
         "tokenizer": _tokenizer_id(tokenizer),
-        "settings": {"seed": recipe.seed, **recipe.data.model_dump(mode="json")},
+        "settings": {"seed": recipe.seed, "task": recipe.task, **recipe.data.model_dump(mode="json")},
         "counts": counts,
         "invalid_reasons": dict(read.reasons.most_common(20)),
         "pii_replaced": dict(sorted(read.pii.items())),
@@ -249,10 +251,10 @@ def read_split(folder: Path, name: str) -> list[dict]:
 
 def encode_splits(examples: dict[str, list[dict]], recipe: Recipe, tokenizer) -> PreparedData:
     """Tokenise each split; drop examples whose answer lies wholly beyond max_length (counted)."""
-    d = recipe.data
+    d, task = recipe.data, get_task(recipe.task)
     encoded, dropped, truncated = {}, {}, {}
     for name in SPLITS:
-        rows = [encode(e, tokenizer, d.max_length, d.train_on_prompt) for e in examples[name]]
+        rows = [task.encode(e, tokenizer, d.max_length, d.train_on_prompt) for e in examples[name]]
         encoded[name] = [r for r in rows if r.loss_tokens > 0]
         dropped[name] = len(rows) - len(encoded[name])
         truncated[name] = sum(r.truncated for r in rows)

@@ -4,10 +4,11 @@ import sys
 from itertools import groupby
 
 from tuneforge.data.prepare import prepared_folder, read_split
-from tuneforge.data.tokenize import IGNORE, encode
 from tuneforge.errors import UserError
 from tuneforge.models.chat_template import ensure_chat_template
 from tuneforge.recipe import Recipe
+from tuneforge.tasks import get_task
+from tuneforge.tasks.tokens import IGNORE
 
 
 def preview(recipe: Recipe, n: int, split: str = "train", color: bool | None = None) -> str:
@@ -23,7 +24,7 @@ def preview(recipe: Recipe, n: int, split: str = "train", color: bool | None = N
     d = recipe.data
     out = [f"Loss falls on the marked tokens ({start}like this{end}); data.max_length = {d.max_length}.", ""]
     for example in examples:
-        enc = encode(example, tokenizer, d.max_length, d.train_on_prompt)
+        enc = get_task(recipe.task).encode(example, tokenizer, d.max_length, d.train_on_prompt)
         note = ", truncated" if enc.truncated else ""
         out.append(f"--- {example['id']} ({len(enc.input_ids)} tokens, {enc.loss_tokens} with loss{note})")
         pieces = []

@@ -16,7 +16,7 @@ import contextlib
 import math
 import re
 
-from tuneforge.data.tokenize import IGNORE, Encoded
+from tuneforge.tasks.tokens import IGNORE, Encoded
 from tuneforge.train.loss import example_losses
 
 

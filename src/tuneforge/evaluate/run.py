@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tuneforge.data.prepare import read_split
-from tuneforge.data.tokenize import encode
 from tuneforge.errors import UserError
 from tuneforge.evaluate.forgetting import forgetting, load_general_text
 from tuneforge.evaluate.metrics import (
@@ -36,6 +35,7 @@ from tuneforge.models.chat_template import render_prompt
 from tuneforge.recipe import load_recipe
 from tuneforge.run_folder import open_run
 from tuneforge.runtime.hardware import DTYPES
+from tuneforge.tasks import get_task
 from tuneforge.train.loss import example_losses
 
 # Tokens per packed row when scoring perplexity: enough to keep the matmuls at full speed.
@@ -70,13 +70,14 @@ def evaluate_run(run_dir: Path, max_samples: int | None = None, compare: list[Pa
     general_name, general_texts = load_general_text(recipe.eval.general_text)
 
     models = RunModels(run_dir, recipe.eval.precision)
-    chats = [e for e in test if "messages" in e]
+    task = get_task(recipe.task)
+    chats = [e for e in test if "messages" in e] if task.generates else []  # no prompts to answer in raw text
     n = min(max_samples or recipe.eval.max_samples, len(chats))
     samples = random.Random(recipe.seed).sample(chats, n) if n < len(chats) else chats
     references = [e["messages"][-1]["content"] for e in samples]
 
     def score(model, tokenizer, device: str, autocast, which: str) -> Scored:
-        encoded = [encode(e, tokenizer, recipe.data.max_length, recipe.data.train_on_prompt) for e in test]
+        encoded = [task.encode(e, tokenizer, recipe.data.max_length, recipe.data.train_on_prompt) for e in test]
         encoded = [e for e in encoded if e.loss_tokens > 0]
         with autocast:
             sums, counts = example_losses(model, encoded, device, TOKENS_PER_BATCH[device], tokenizer.pad_token_id)

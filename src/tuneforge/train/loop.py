@@ -16,11 +16,11 @@ from tuneforge.data.batches import (
     packed_micro_batches,
     to_device,
 )
-from tuneforge.data.tokenize import Encoded
 from tuneforge.methods.gradual_unfreeze import Unfreezer
 from tuneforge.recipe import Recipe
 from tuneforge.runtime.distributed import Dist, share_batches
 from tuneforge.runtime.hardware import DTYPES, autocast, matmul_shapes_cached
+from tuneforge.tasks.tokens import Encoded
 from tuneforge.train.callbacks import Callback, Fit, Step, Window, standard_callbacks
 from tuneforge.train.checkpoint import LoopState, positions
 from tuneforge.train.compile import AutoCompile

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from tuneforge.data.batches import collate, collate_packed, pack, to_device
-from tuneforge.data.tokenize import IGNORE
 from tuneforge.runtime.hardware import shapes_cached_now
+from tuneforge.tasks.tokens import IGNORE
 from tuneforge.train.head_loss import head_cross_entropy
 
 

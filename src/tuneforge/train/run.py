@@ -27,7 +27,7 @@ from tuneforge.methods import get_method
 from tuneforge.methods.model_parts import trainable_parameters, transformer_blocks
 from tuneforge.models.chat_template import ensure_chat_template
 from tuneforge.models.loader import load_tokenizer, resolve_model
-from tuneforge.recipe import Recipe, load_recipe
+from tuneforge.recipe import Recipe, load_recipe, validate_recipe
 from tuneforge.run_folder import create_run_dir, open_run, truncate_metrics, write_env
 from tuneforge.runtime.distributed import (
     check_batch,
@@ -229,7 +229,9 @@ def _check_unchanged(recipe: Recipe, checkpoint: Path, run_dir: Path) -> None:
     saved = checkpoint / "recipe.yaml"
     if not saved.is_file():
         return
-    before, now = yaml.safe_load(saved.read_text()), recipe.model_dump(mode="json")
+    # through the recipe model, so a key added since that checkpoint counts as its default
+    before = validate_recipe(yaml.safe_load(saved.read_text()), str(saved)).model_dump(mode="json")
+    now = recipe.model_dump(mode="json")
     changed = _differences(before, now)
     if changed:
         raise UserError(f"{run_dir / 'recipe.yaml'}: changed since {checkpoint.name} was written ({', '.join(changed)}); "

@@ -1,35 +1,33 @@
-"""Examples -> (input_ids, labels) with the model's chat template; labels are -100 where no loss falls.
+"""chat: learn the assistant's answers in conversations, rendered with the model's chat template
+(and raw text rows, learnt whole, as continued pre-training beside them).
 
 The conversation is rendered to text once, the character spans of assistant answers are found by
 rendering each prefix, and the text is tokenised once with offsets: a token carries loss when it
 starts inside an answer span. That keeps tokenisation identical to what the model sees at inference.
 """
 
-from dataclasses import dataclass
-
 from tuneforge.errors import UserError
+from tuneforge.tasks.base import Task, register
+from tuneforge.tasks.tokens import IGNORE, Encoded, encode_text, text_lengths
 
-IGNORE = -100
 
-@dataclass
-class Encoded:
-    id: str
-    input_ids: list[int]
-    labels: list[int]
-    truncated: bool
+@register
+class Chat(Task):
+    name = "chat"
+    description = "answers in conversations (chat template), text rows learnt whole"
+    row_kinds = ("messages", "text")
 
-    @property
-    def loss_tokens(self) -> int:
-        """Tokens that are next-token targets (the first token never is: nothing precedes it)."""
-        return sum(label != IGNORE for label in self.labels[1:])
+    def encode(self, example: dict, tokenizer, max_length: int, train_on_prompt: bool = False) -> Encoded:
+        return encode(example, tokenizer, max_length, train_on_prompt)
+
+    def token_lengths(self, examples: list[dict], tokenizer) -> list[int]:
+        return token_lengths(examples, tokenizer)
 
 
 def encode(example: dict, tokenizer, max_length: int, train_on_prompt: bool = False) -> Encoded:
     if "text" in example:
-        text = example["text"] + (tokenizer.eos_token or "")
-        ids = tokenizer(text, add_special_tokens=True)["input_ids"]
-        labels = list(ids)
-    elif train_on_prompt:
+        return encode_text(example, tokenizer, max_length)
+    if train_on_prompt:
         text = tokenizer.apply_chat_template(example["messages"], tokenize=False)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         labels = list(ids)
@@ -68,14 +66,10 @@ def token_lengths(examples: list[dict], tokenizer) -> list[int]:
     chat = [i for i, e in enumerate(examples) if "messages" in e]
     text = [i for i, e in enumerate(examples) if "messages" not in e]
     lengths = [0] * len(examples)
-    backend = tokenizer.backend_tokenizer
     if chat:
         rendered = tokenizer.apply_chat_template([examples[i]["messages"] for i in chat], tokenize=False)
-        for i, enc in zip(chat, backend.encode_batch_fast(rendered, add_special_tokens=False)):
+        for i, enc in zip(chat, tokenizer.backend_tokenizer.encode_batch_fast(rendered, add_special_tokens=False)):
             lengths[i] = len(enc.ids)
-    if text:
-        eos = tokenizer.eos_token or ""
-        for i, enc in zip(text, backend.encode_batch_fast([examples[i]["text"] + eos for i in text],
-                                                          add_special_tokens=True)):
-            lengths[i] = len(enc.ids)
+    for i, n in zip(text, text_lengths([examples[i]["text"] for i in text], tokenizer)):
+        lengths[i] = n
     return lengths

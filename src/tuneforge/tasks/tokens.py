@@ -1,0 +1,30 @@
+"""Rows as tokens for the language-model tasks: input ids and labels, -100 where no loss falls."""
+
+from dataclasses import dataclass
+
+IGNORE = -100
+
+
+@dataclass
+class Encoded:
+    id: str
+    input_ids: list[int]
+    labels: list[int]
+    truncated: bool
+
+    @property
+    def loss_tokens(self) -> int:
+        """Tokens that are next-token targets (the first token never is: nothing precedes it)."""
+        return sum(label != IGNORE for label in self.labels[1:])
+
+
+def encode_text(example: dict, tokenizer, max_length: int) -> Encoded:
+    """Raw text + EOS, every token a target."""
+    ids = tokenizer(example["text"] + (tokenizer.eos_token or ""), add_special_tokens=True)["input_ids"]
+    return Encoded(example["id"], ids[:max_length], list(ids)[:max_length], len(ids) > max_length)
+
+
+def text_lengths(texts: list[str], tokenizer) -> list[int]:
+    eos = tokenizer.eos_token or ""
+    encoded = tokenizer.backend_tokenizer.encode_batch_fast([t + eos for t in texts], add_special_tokens=True)
+    return [len(e.ids) for e in encoded]
