@@ -21,7 +21,6 @@ def get_task(name: str) -> Task:
 
 class Task:
     name: ClassVar[str]
-    description: ClassVar[str]
     row_kinds: ClassVar[tuple[str, ...]]
     """The normalised rows it learns from: "messages" (a conversation) and / or "text" (raw text)."""
     generates: ClassVar[bool] = True

@@ -9,7 +9,6 @@ from tuneforge.tasks.tokens import Encoded, encode_text, text_lengths
 @register
 class CausalLM(Task):
     name = "causal_lm"
-    description = "raw text, every token learnt (continued pre-training)"
     row_kinds = ("text",)
     generates = False
 

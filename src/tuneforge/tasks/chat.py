@@ -14,7 +14,6 @@ from tuneforge.tasks.tokens import IGNORE, Encoded, encode_text, text_lengths
 @register
 class Chat(Task):
     name = "chat"
-    description = "answers in conversations (chat template), text rows learnt whole"
     row_kinds = ("messages", "text")
 
     def encode(self, example: dict, tokenizer, max_length: int, train_on_prompt: bool = False) -> Encoded:
