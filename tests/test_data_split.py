@@ -3,7 +3,7 @@ from collections import Counter
 import numpy as np
 
 from tuneforge.data.pydocs import build_pydocs
-from tuneforge.data.split import SPLITS, TEST, VAL, assign_splits, unit_hash
+from tuneforge.data.split import SPLITS, TEST, TRAIN, VAL, assign_splits, unit_hash
 
 IDS = [f"row-{i}" for i in range(2000)]
 
@@ -30,11 +30,17 @@ def test_seed_changes_the_split():
 
 
 def test_stratified_split_gives_every_value_its_share():
-    strata = np.array([0] * 1900 + [1] * 100)  # a rare class
-    codes = assign_splits(np.array([unit_hash(i, 0) for i in IDS]), 0.1, 0.1, strata)
-    for value, n in ((0, 1900), (1, 100)):
-        rows = codes[strata == value]
-        assert (rows == TEST).sum() == round(n * 0.1) and (rows == VAL).sum() == round(n * 0.1)
+    """Three values (with two, holding out from the other value's rows would give the same counts):
+    each value's lowest hashes are its test rows, the next its val rows."""
+    strata = np.array([0] * 1500 + [1] * 400 + [2] * 100)  # a rare class
+    u = np.array([unit_hash(i, 0) for i in IDS])
+    codes = assign_splits(u, 0.1, 0.2, strata)
+    for value, n in ((0, 1500), (1, 400), (2, 100)):
+        rows = np.flatnonzero(strata == value)
+        ranked = rows[np.argsort(u[rows])]
+        n_test, n_val = round(n * 0.2), round(n * 0.1)
+        assert (codes[ranked[:n_test]] == TEST).all() and (codes[ranked[n_test:n_test + n_val]] == VAL).all()
+        assert (codes[ranked[n_test + n_val:]] == TRAIN).all()
 
 
 def test_pydocs_is_deterministic_and_real():

@@ -28,6 +28,32 @@ def test_head_on_loss_tokens_only_equals_the_full_model_loss(tiny_model, tiny_to
     torch.testing.assert_close(total / count, reference, rtol=1e-5, atol=1e-6)
 
 
+def test_models_that_scale_their_logits_take_the_full_forward_with_the_same_loss(tiny_model, tiny_tokenizer):
+    """A config that scales or caps logits after the head (here logit_scale, which Llama itself ignores)
+    sends the loss through the model's own forward: the same sum, count and accuracy as the chunked head
+    on the answer positions, in training (with label smoothing) and in evaluation."""
+    rows = _rows(tiny_tokenizer)
+    batch = collate(rows, tiny_tokenizer.pad_token_id)
+    plain, scaled = load_model(tiny_model), load_model(tiny_model)
+    scaled.config.logit_scale = 1.0
+    for training in (True, False):
+        a, b = LossModel(plain, label_smoothing=0.1), LossModel(scaled, label_smoothing=0.1)
+        a.train(training), b.train(training)
+        (loss_a, n_a, correct_a), (loss_b, n_b, correct_b) = a(batch), b(batch)
+        assert n_a == n_b == sum(r.loss_tokens for r in rows) and correct_a == correct_b
+        torch.testing.assert_close(loss_b, loss_a, rtol=1e-5, atol=1e-5)
+        assert correct_a == 0 or not training  # accuracy is counted in evaluation only
+    smoothed = LossModel(scaled, label_smoothing=0.1).train()(batch)[0]
+    assert smoothed > LossModel(scaled).train()(batch)[0]  # smoothing reaches the full-forward path
+    # targets set to the model's own first choice: every answer token counts as correct on both paths
+    with torch.no_grad():
+        guesses = plain(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.argmax(-1)
+    answers = batch["labels"][:, 1:] != -100
+    batch["labels"][:, 1:][answers] = guesses[:, :-1][answers]
+    for model in (plain, scaled):
+        assert LossModel(model).eval()(batch)[2] == int(answers.sum())
+
+
 def test_mean_loss_is_exact_under_padding(tiny_model, tiny_tokenizer):
     """Batched with padding == one example at a time, token-weighted."""
     loss_model = LossModel(load_model(tiny_model))
