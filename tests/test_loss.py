@@ -11,7 +11,7 @@ from tuneforge.models.loader import load_model
 from tuneforge.runtime.attention import NAME
 from tuneforge.runtime.hardware import matmul_shapes_cached, shapes_cached_now
 from tuneforge.tasks.chat import encode
-from tuneforge.train.loss import LossModel, evaluate_loss, example_losses
+from tuneforge.train.loss import LossModel, _head_is_plain, evaluate_loss, example_losses
 
 
 def _rows(tokenizer, n=5):
@@ -28,14 +28,17 @@ def test_head_on_loss_tokens_only_equals_the_full_model_loss(tiny_model, tiny_to
     torch.testing.assert_close(total / count, reference, rtol=1e-5, atol=1e-6)
 
 
-def test_models_that_scale_their_logits_take_the_full_forward_with_the_same_loss(tiny_model, tiny_tokenizer):
-    """A config that scales or caps logits after the head (here logit_scale, which Llama itself ignores)
-    sends the loss through the model's own forward: the same sum, count and accuracy as the chunked head
-    on the answer positions, in training (with label smoothing) and in evaluation."""
+@pytest.mark.parametrize("key", ["final_logit_softcapping", "logit_scale", "logits_scaling"])
+def test_models_that_scale_their_logits_take_the_full_forward_with_the_same_loss(key, tiny_model, tiny_tokenizer):
+    """A config that scales or caps logits after the head (Gemma's softcapping, Cohere's and Granite's
+    scales; Llama itself ignores the key) sends the loss through the model's own forward: the same sum,
+    count and accuracy as the chunked head on the answer positions, in training (with label smoothing)
+    and in evaluation."""
     rows = _rows(tiny_tokenizer)
     batch = collate(rows, tiny_tokenizer.pad_token_id)
     plain, scaled = load_model(tiny_model), load_model(tiny_model)
-    scaled.config.logit_scale = 1.0
+    setattr(scaled.config, key, 1.0)
+    assert not _head_is_plain(scaled.config)
     for training in (True, False):
         a, b = LossModel(plain, label_smoothing=0.1), LossModel(scaled, label_smoothing=0.1)
         a.train(training), b.train(training)
