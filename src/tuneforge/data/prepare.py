@@ -19,15 +19,7 @@ import numpy as np
 
 from tuneforge.data.clean import Cleaner
 from tuneforge.data.dedup import exact_key, normalised_text
-from tuneforge.data.pipeline import (
-    KEPT,
-    LEAK_EXACT,
-    LEAK_NEAR,
-    REMOVED,
-    decide,
-    read_all,
-    write_splits,
-)
+from tuneforge.data.pipeline import KEPT, LEAK_EXACT, LEAK_NEAR, REMOVED, decide, read_all, write_splits
 from tuneforge.data.report import write_report
 from tuneforge.data.sources import fingerprint
 from tuneforge.data.split import SPLITS, TEST, TRAIN, VAL

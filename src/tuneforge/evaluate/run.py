@@ -83,7 +83,7 @@ def evaluate_run(run_dir: Path, max_samples: int | None = None, compare: list[Pa
             sums, counts = example_losses(model, encoded, device, TOKENS_PER_BATCH[device], tokenizer.pad_token_id)
             prompts = [render_prompt(tokenizer, e["messages"]) for e in samples]
             answers = generate_batch(model, tokenizer, prompts, recipe.eval.max_new_tokens, recipe.eval.batch_size,
-                                     desc=f"generate ({which})") if prompts else []
+                                     desc=f"generate ({which})")
             general = text_perplexity(model, tokenizer, general_texts, device, tokens_per_batch=TOKENS_PER_BATCH[device])
         return Scored(sums, counts, answers, example_scores(answers, references), general)
 

@@ -19,7 +19,9 @@ def generate_batch(model, tokenizer, prompts: list[str], max_new_tokens: int, ba
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     outputs: list[str] = [""] * len(prompts)
     device = next(model.parameters()).device
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False):
+    bar = tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False,
+               disable=True if not prompts else None)  # no bar for nothing to generate
+    for start in bar:
         chunk = order[start:start + batch_size]
         enc = tokenizer([prompts[i] for i in chunk], return_tensors="pt", padding=True,
                         add_special_tokens=False).to(device)

@@ -10,22 +10,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
+from tuneforge.registry import Registry
+
 if TYPE_CHECKING:
     from pathlib import Path
 
     from tuneforge.recipe import Recipe
 
-METHODS: dict[str, Method] = {}
-
-
-def register(cls: type[Method]) -> type[Method]:
-    """Add one instance of a Method class to the registry under its name (a class decorator)."""
-    METHODS[cls.name] = cls()
-    return cls
-
-
-def get_method(name: str) -> Method:
-    return METHODS[name]  # the recipe's `method` is validated against METHODS
+METHODS = Registry()
+register = METHODS.register
+get_method = METHODS.__getitem__  # the recipe's `method` is validated against METHODS
 
 
 class Method:

@@ -2,21 +2,13 @@
 the stages ask for the rows it accepts, how a row becomes tokens, and what its evaluation does (see
 methods/ for the other axis: which parameters learn)."""
 
-from __future__ import annotations
-
 from typing import ClassVar
 
-TASKS: dict[str, Task] = {}
+from tuneforge.registry import Registry
 
-
-def register(cls: type[Task]) -> type[Task]:
-    """Add one instance of a Task class to the registry under its name (a class decorator)."""
-    TASKS[cls.name] = cls()
-    return cls
-
-
-def get_task(name: str) -> Task:
-    return TASKS[name]  # the recipe's `task` is validated against TASKS
+TASKS = Registry()
+register = TASKS.register
+get_task = TASKS.__getitem__  # the recipe's `task` is validated against TASKS
 
 
 class Task:

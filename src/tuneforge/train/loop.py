@@ -9,13 +9,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from tuneforge.data.batches import (
-    collate,
-    collate_packed,
-    micro_batches,
-    packed_micro_batches,
-    to_device,
-)
+from tuneforge.data.batches import collate, collate_packed, micro_batches, packed_micro_batches, to_device
 from tuneforge.methods.gradual_unfreeze import Unfreezer
 from tuneforge.recipe import Recipe
 from tuneforge.runtime.distributed import Dist, share_batches

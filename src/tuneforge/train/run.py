@@ -14,13 +14,7 @@ from pathlib import Path
 import psutil
 import torch
 
-from tuneforge.data.prepare import (
-    PreparedData,
-    copy_prepared,
-    encode_splits,
-    prepared_folder,
-    read_split,
-)
+from tuneforge.data.prepare import PreparedData, copy_prepared, encode_splits, prepared_folder, read_split
 from tuneforge.data.split import SPLITS
 from tuneforge.errors import UserError
 from tuneforge.methods import get_method
@@ -29,14 +23,7 @@ from tuneforge.models.chat_template import ensure_chat_template
 from tuneforge.models.loader import load_tokenizer, resolve_model
 from tuneforge.recipe import Recipe, load_recipe, validate_recipe
 from tuneforge.run_folder import create_run_dir, open_run, truncate_metrics, write_env
-from tuneforge.runtime.distributed import (
-    check_batch,
-    device_for,
-    full_state,
-    init_distributed,
-    shutdown,
-    wrap,
-)
+from tuneforge.runtime.distributed import check_batch, device_for, full_state, init_distributed, shutdown, wrap
 from tuneforge.runtime.hardware import choose_precision
 from tuneforge.train.checkpoint import LoopState, list_checkpoints, load_checkpoint
 from tuneforge.train.compile import AutoCompile, compile_blocks
@@ -44,13 +31,7 @@ from tuneforge.train.load import load_for_method
 from tuneforge.train.loop import Trainee, fit
 from tuneforge.train.loss import LossModel
 from tuneforge.train.optim import make_optimizer, make_schedule
-from tuneforge.train.plan import (
-    ModelShape,
-    TrainPlan,
-    format_plan,
-    make_plan,
-    model_shape,
-)
+from tuneforge.train.plan import ModelShape, TrainPlan, format_plan, make_plan, model_shape
 from tuneforge.train.tracking import Trackers
 
 
