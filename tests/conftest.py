@@ -44,6 +44,50 @@ def build_tiny_model(folder: Path, layers: int = 2) -> Path:
     return folder
 
 
+def build_tiny_encoder(folder: Path, layers: int = 2) -> Path:
+    """A tiny random BERT (BertModel, no head: as a pre-trained encoder is shipped) with a WordPiece
+    tokenizer trained on the labelled rows' words."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    wordpiece = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    wordpiece.normalizer = normalizers.BertNormalizer(lowercase=True)
+    wordpiece.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    trainer = trainers.WordPieceTrainer(vocab_size=300, special_tokens=specials)
+    wordpiece.train_from_iterator([r["text"] for r in labelled_rows(200)] + _CORPUS, trainer)
+    cls, sep = wordpiece.token_to_id("[CLS]"), wordpiece.token_to_id("[SEP]")
+    wordpiece.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=wordpiece, unk_token="[UNK]", pad_token="[PAD]",
+                                        cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                        num_attention_heads=4, max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+_MOODS = {"good": ["great", "lovely", "fine", "happy"], "bad": ["awful", "broken", "sad", "poor"],
+          "meh": ["average", "plain", "usual", "okay"]}
+
+
+def labelled_rows(n: int) -> list[dict]:
+    """Short reviews whose label is the mood of their adjective: learnable by a tiny encoder."""
+    rows = []
+    for i in range(n):
+        label = list(_MOODS)[i % 3]
+        word = _MOODS[label][(i // 3) % 4]
+        rows.append({"text": f"item {i} was {word} and {word} today", "label": label})
+    return rows
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory) -> Path:
+    return build_tiny_encoder(tmp_path_factory.mktemp("tiny-bert"))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def tuneforge_home(tmp_path_factory) -> Path:
     """Tests keep prepared data out of the user's cache; the converted bundled model (~20 s to convert)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tuneforge.errors import UserError
 from tuneforge.methods import METHODS
@@ -25,15 +25,17 @@ class Section(BaseModel):
 
 
 class ModelSection(Section):
-    name: str = "smollm2-135m-instruct"
-    """A catalogue name (see `tuneforge models`), a local Hugging Face folder, or a hub id."""
+    name: str | None = None
+    """A catalogue name (see `tuneforge models`), a local Hugging Face folder, or a hub id; empty means
+    the task's bundled model (smollm2-135m-instruct for chat and causal_lm, all-minilm-l6-v2 for
+    classification and regression)."""
     dropout: float | None = Field(None, ge=0.0, lt=1.0)
     """Override the model's own dropout (attention, hidden, embedding); empty keeps its config's value."""
 
 
 Role = Literal["system", "user", "assistant"]
 Split = Literal["train", "val", "test"]
-RowFormat = Literal["auto", "text", "prompt_completion", "alpaca", "messages", "sharegpt", "preference"]
+RowFormat = Literal["auto", "text", "prompt_completion", "alpaca", "messages", "sharegpt", "preference", "labelled"]
 
 
 class SourceSpec(Section):
@@ -265,6 +267,16 @@ class TrainSection(Section):
     """MLflow tracking store; empty means a SQLite database next to the run folders (runs/mlflow.db)."""
 
 
+class HeadSection(Section):
+    """Used by the tasks classification and regression (a new head on the pre-trained model)."""
+
+    class_weights: Literal["none", "balanced"] = "none"
+    """balanced: weigh each class's loss by examples / (classes x its examples), so rare classes count as
+    much as common ones (for imbalanced labels)."""
+    threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    """Multi-label: a class is predicted when its probability is above this."""
+
+
 class EvalSection(Section):
     max_samples: int = Field(40, ge=1)
     """Test prompts to generate answers for (base and tuned); perplexity uses the whole test split."""
@@ -290,7 +302,8 @@ class Recipe(Section):
     """Seed for data order, subsets, adapter initialisation and dropout."""
     task: Task = "chat"
     """What is learnt: chat (assistant answers in conversations, through the chat template; text rows
-    learnt whole) or causal_lm (raw text only, every token: continued pre-training)."""
+    learnt whole), causal_lm (raw text only, every token: continued pre-training), classification
+    (a label or labels per text, a new head) or regression (a number per text, a new head)."""
     method: Method = "lora"
     """full (every weight), freeze (the last blocks), gradual_unfreeze (blocks unfrozen from the top
     during training), lora, rslora, dora, qlora (adapters) or prompt_tuning (a learned soft prompt)."""
@@ -299,8 +312,15 @@ class Recipe(Section):
     lora: LoraSection = LoraSection()
     freeze: FreezeSection = FreezeSection()
     prompt_tuning: PromptTuningSection = PromptTuningSection()
+    head: HeadSection = HeadSection()
     train: TrainSection = TrainSection()
     eval: EvalSection = EvalSection()
+
+    @model_validator(mode="after")
+    def _task_default_model(self):
+        if self.model.name is None:
+            self.model.name = TASKS[self.task].default_model
+        return self
 
     def learning_rate(self) -> float:
         return self.train.learning_rate or METHODS[self.method].learning_rate
@@ -350,8 +370,24 @@ def validate_recipe(raw: dict, source: str = "recipe", lines: dict[tuple, int] |
 
 
 def _check_task_fits(recipe: Recipe, source: str, lines: dict[tuple, int]) -> None:
-    """Settings that make rows the task cannot learn from are refused before anything runs."""
+    """Settings the task cannot work with are refused before anything runs, naming what fits."""
     task, augment = TASKS[recipe.task], recipe.data.augment
+
+    def where(*key: str) -> str:
+        line = lines.get(key) or lines.get(key[:1])
+        return f"{source}:{line}" if line else source
+
+    if recipe.method in task.refused_methods:
+        allowed = ", ".join(m for m in METHODS if m not in task.refused_methods)
+        raise UserError(f"{where('method')}: method {recipe.method} does not fit task {recipe.task}: "
+                        f"{task.refused_methods[recipe.method]} Methods for {recipe.task}: {allowed}.")
+    if recipe.train.packing and not task.packing:
+        raise UserError(f"{where('train', 'packing')}: train.packing: task {recipe.task} reads each example on its "
+                        "own (one label per row), so rows cannot be packed; set train.packing: false or leave it "
+                        "empty.")
+    if recipe.train.early_stopping_metric == "val_accuracy" and not task.has_accuracy:
+        raise UserError(f"{where('train', 'early_stopping_metric')}: train.early_stopping_metric: task "
+                        f"{recipe.task} has no accuracy; use val_loss.")
     if (augment.synthetic or augment.paraphrases) and "messages" not in task.row_kinds:
         line = lines.get(("data", "augment"))
         raise UserError(f"{source}{f':{line}' if line else ''}: data.augment makes conversations, and task "

@@ -2,10 +2,7 @@
 
 import torch
 
-from tuneforge.tasks.tokens import IGNORE, Encoded
-
-# bucket_length's sizes per doubling: 32 pads under 1% of the tokens (16: about 2%, for 0.1 GiB less memory)
-LENGTHS_PER_DOUBLING = 32
+from tuneforge.tasks.tokens import IGNORE, Encoded, bucket_length
 
 
 def epoch_steps(n_examples: int, global_batch: int, seed: int, epoch: int) -> list[list[int]]:
@@ -50,17 +47,6 @@ def packed_micro_batches(examples: list[Encoded], indices: list[int], rows_per_b
     """One step's examples packed into rows, the rows cut into micro-batches of similar fill."""
     rows = sorted(pack([examples[i] for i in indices], row_length), key=lambda r: sum(len(e.input_ids) for e in r))
     return [rows[i:i + rows_per_batch] for i in range(0, len(rows), rows_per_batch)]
-
-
-def bucket_length(n: int) -> int:
-    """n rounded up to one of LENGTHS_PER_DOUBLING lengths per power of two: at most 1/32 more.
-
-    For CPUs in bf16 (runtime/hardware.py, matmul_shapes_cached): oneDNN keeps a compiled kernel and its
-    buffers for every matmul shape it meets, so micro-batches of ever-new token counts made resident
-    memory grow all run long (README, performance); a run's lengths now fall on few shapes.
-    """
-    step = max(1, (1 << (n.bit_length() - 1)) // LENGTHS_PER_DOUBLING)
-    return -(-n // step) * step
 
 
 def collate_packed(rows: list[list[Encoded]], bucket: bool = False) -> dict:

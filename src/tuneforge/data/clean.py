@@ -62,8 +62,7 @@ class Cleaner:
     def example(self, example: dict) -> bool:
         """Clean every text of the example in place; True if anything changed."""
         slots = [(example, "text")] if "text" in example else [(m, "content") for m in example["messages"]]
-        if "rejected" in example:
-            slots.append((example, "rejected"))
+        slots += [(example, key) for key in ("rejected", "text_pair") if key in example]
         changed = False
         for holder, key in slots:
             new = self.text(holder[key])

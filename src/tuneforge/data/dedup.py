@@ -25,8 +25,8 @@ _SPACE = re.compile(r"\s+")
 
 
 def normalised_text(example: dict) -> str:
-    if "text" in example:
-        parts = [example["text"]]
+    if "text" in example:  # a label is not part of it: the same text with two labels is a duplicate
+        parts = [example["text"], example.get("text_pair", "")]
     else:
         parts = [f"{m['role']}: {m['content']}" for m in example["messages"]]
     return _SPACE.sub(" ", "\n".join(parts).casefold()).strip()

@@ -2,7 +2,8 @@
 
 Canonical examples are `{"id", "messages": [{"role", "content"}, ...]}` for chat (prompt/completion,
 Alpaca, OpenAI messages, ShareGPT conversations and preference pairs all become this; a preference
-pair also keeps `"rejected"`), or `{"id", "text"}` for continued pre-training. The format is detected
+pair also keeps `"rejected"`), `{"id", "text"}` for continued pre-training, or `{"id", "text",
+"label"}` (and an optional `"text_pair"`) for classification and regression; the task checks the label. The format is detected
 per row from its columns, or fixed by the source's `format`; `columns` renames the user's columns.
 Rows without an `id` get theirs from their cleaned content (content_id), so identical rows share one.
 """
@@ -21,6 +22,7 @@ REQUIRED = {
     "sharegpt": ("conversations",),
     "alpaca": ("instruction", "output"),
     "prompt_completion": ("prompt", "completion"),
+    "labelled": ("text", "label"),
     "text": ("text",),
 }
 # Common alternative column names, tried when the source maps none of its own.
@@ -87,6 +89,13 @@ class RowReader:
     def _text(self, row: dict) -> dict:
         return {"text": self._text_field(row, "text")}
 
+    def _labelled(self, row: dict) -> dict:
+        example = {"text": self._text_field(row, "text"), "label": self._get(row, "label")}
+        pair = self._text_field(row, "text_pair", optional=True)
+        if pair is not None:
+            example["text_pair"] = pair
+        return example
+
     def _with_system(self, row: dict, messages: list[dict]) -> list[dict]:
         system = self._text_field(row, "system", optional=True)
         return ([{"role": "system", "content": system}] if system else []) + messages
@@ -151,7 +160,7 @@ class RowReader:
 
 
 def content_id(example: dict) -> str:
-    content = {k: v for k, v in example.items() if k in ("messages", "text", "rejected")}
+    content = {k: v for k, v in example.items() if k in ("messages", "text", "rejected", "text_pair", "label")}
     return hashlib.sha256(json.dumps(content, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
 
 

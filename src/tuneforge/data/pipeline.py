@@ -41,6 +41,7 @@ class Pending:
     source: int
     text: str
     key: int
+    where: str
 
 
 class Rows:
@@ -56,6 +57,7 @@ class Rows:
         self.status, self.given, self.source, self.tokens = array("b"), array("b"), array("h"), array("i")
         self.strata: dict[str, int] = {}
         self.stratum = array("i")
+        self.first_of_stratum: list[str] = []  # where each stratum's first row was read (file:line)
         self._seen: set[int] = set()
         self.near = NearDuplicates(work, c.near_threshold, c.near_ngram) if c.dedup_near or c.leakage_check else None
 
@@ -71,7 +73,10 @@ class Rows:
             self.given.append(self.given_split[p.source])
             self.source.append(p.source)
             self.tokens.append(length)
-            self.stratum.append(self.strata.setdefault(p.example.get("stratum", ""), len(self.strata)))
+            code = self.strata.setdefault(p.example.get("stratum", ""), len(self.strata))
+            if code == len(self.first_of_stratum):
+                self.first_of_stratum.append(p.where)
+            self.stratum.append(code)
         if self.near:
             self.near.add([p.text for p in batch])
 
@@ -132,6 +137,7 @@ def read_all(recipe: Recipe, tokenizer, fingerprints: list[dict], work: Path,
                 read += 1
                 try:
                     pending, fmt, changed = _validated(row, reader, cleaner, d.max_row_chars, user_ids, index, task)
+                    pending.where = where
                 except RowError as e:
                     if not d.skip_invalid:
                         raise UserError(f"{where}: {e} Fix the row, or set data.skip_invalid: true to skip "
@@ -174,6 +180,8 @@ def _validated(row, reader: RowReader, cleaner: Cleaner, max_chars: int, user_id
     refusal = task.check_row(example)
     if refusal:
         raise RowError(refusal, "task")
+    if task.stratified and "stratum" not in example:  # data.stratify_by, when set, decides instead
+        example["stratum"] = task.stratum(example)
     changed = cleaner.example(example)
     check_example(example, max_chars)
     text = normalised_text(example)
@@ -183,7 +191,7 @@ def _validated(row, reader: RowReader, cleaner: Cleaner, max_chars: int, user_id
     elif user_ids.setdefault(example["id"], key) != key:
         raise RowError(f"id {example['id']!r} is already used by an earlier row with other content; ids must be "
                        "unique (or leave `id` out to use a hash of the content).", "id")
-    return Pending(example, source, text, key), fmt, changed
+    return Pending(example, source, text, key, ""), fmt, changed
 
 
 def _reason(error: RowError) -> str:
@@ -215,8 +223,10 @@ def decide(rows: Rows, recipe: Recipe) -> Decisions:
         status[dupes] = NEAR
         near_pairs = list(zip(matched[:5].tolist(), dupes[:5].tolist()))
     given = np.frombuffer(rows.given, dtype=np.int8)
-    strata = np.frombuffer(rows.stratum, dtype=np.int32) if d.stratify_by else None
-    split = assign_splits(np.frombuffer(rows.u), d.val_ratio, d.test_ratio, strata)
+    by_task = get_task(recipe.task).stratified and not d.stratify_by
+    strata = np.frombuffer(rows.stratum, dtype=np.int32) if d.stratify_by or by_task else None
+    # a task's classes each get a row in every held-out split (tasks/classification.py checks they can)
+    split = assign_splits(np.frombuffer(rows.u), d.val_ratio, d.test_ratio, strata, at_least_one=by_task)
     split[given >= 0] = given[given >= 0]
     if c.leakage_check:
         _remove_leaks(rows, status, split)

@@ -39,6 +39,7 @@ class PreparedData:
     examples: dict[str, list[dict]]
     encoded: dict[str, list[Encoded]]
     encoding: dict
+    classes: object = None  # tasks/labelled.py, Classes: what a task's head predicts
 
 
 def prepare_data(recipe: Recipe, tokenizer, out: Path, fingerprints: list[dict] | None = None) -> dict:
@@ -52,6 +53,7 @@ def prepare_data(recipe: Recipe, tokenizer, out: Path, fingerprints: list[dict] 
         rows, read = read_all(recipe, tokenizer, fingerprints, tmp / ".work", tmp / "rejects.jsonl")
         decisions = decide(rows, recipe)
         _check_training_rows_left(decisions, recipe)
+        _check_classes(rows, decisions, recipe)
         synthetic = _synthetic(rows, decisions, recipe)
         ids = write_splits(rows, decisions, synthetic, tmp)
         lengths = _split_lengths(rows, decisions, synthetic, tokenizer, get_task(recipe.task))
@@ -157,6 +159,29 @@ def _check_training_rows_left(decisions, recipe: Recipe) -> None:
                     f"data.clean.near_threshold: {c.near_threshold}) or add data.")
 
 
+def _check_classes(rows, decisions, recipe: Recipe) -> None:
+    """Each class of a classification task needs a row in every split in use, and one in training at least."""
+    d = recipe.data
+    if not get_task(recipe.task).stratified or d.stratify_by:
+        return
+    splits = ["train"] + ["val"] * (d.val_ratio > 0) + ["test"] * (d.test_ratio > 0)
+    kept, strata = decisions.status == KEPT, np.frombuffer(rows.stratum, dtype=np.int32)
+    for code, name in enumerate(rows.strata):
+        mine = kept & (strata == code)
+        n, where = int(mine.sum()), rows.first_of_stratum[code]
+        if name == "" or n == 0:  # multi-label rows (not stratified), or every row a duplicate
+            continue
+        if n < len(splits):
+            raise UserError(f"{where}: label {name!r} has {n} row{'s' * (n != 1)} after cleaning, fewer than the "
+                            f"{len(splits)} splits ({', '.join(splits)}) each class needs one in. Add rows of {name!r}, "
+                            "remove its rows, or set data.val_ratio / data.test_ratio to 0.")
+        if not (mine & (decisions.split == TRAIN)).any():
+            held = sorted({SPLITS[c] for c in decisions.split[mine]})
+            raise UserError(f"{where}: label {name!r} appears only in the {' and '.join(held)} split "
+                            f"(its source has split: {held[0]}); the model cannot learn a class it never sees in "
+                            f"training. Add training rows of {name!r}, or remove its rows.")
+
+
 def _synthetic(rows, decisions, recipe: Recipe) -> list[dict]:
     a = recipe.data.augment
     if not (a.synthetic or a.paraphrases):
@@ -242,11 +267,13 @@ def read_split(folder: Path, name: str) -> list[dict]:
 
 
 def encode_splits(examples: dict[str, list[dict]], recipe: Recipe, tokenizer) -> PreparedData:
-    """Tokenise each split; drop examples whose answer lies wholly beyond max_length (counted)."""
+    """Tokenise each split; drop examples whose answer lies wholly beyond max_length (counted). A task
+    with a head gets its classes from the training split first."""
     d, task = recipe.data, get_task(recipe.task)
+    classes = task.classes(examples["train"])
     encoded, dropped, truncated = {}, {}, {}
     for name in SPLITS:
-        rows = [task.encode(e, tokenizer, d.max_length, d.train_on_prompt) for e in examples[name]]
+        rows = [task.encode(e, tokenizer, d.max_length, d.train_on_prompt, classes) for e in examples[name]]
         encoded[name] = [r for r in rows if r.loss_tokens > 0]
         dropped[name] = len(rows) - len(encoded[name])
         truncated[name] = sum(r.truncated for r in rows)
@@ -258,4 +285,6 @@ def encode_splits(examples: dict[str, list[dict]], recipe: Recipe, tokenizer) ->
     encoding = {"max_length": d.max_length, "truncated": truncated, "dropped_no_answer_tokens": dropped,
                 "tokens": {name: sum(len(r.input_ids) for r in encoded[name]) for name in SPLITS},
                 "loss_tokens": {name: sum(r.loss_tokens for r in encoded[name]) for name in SPLITS}}
-    return PreparedData(examples, encoded, encoding)
+    if classes is not None:
+        encoding["classes"] = {"names": classes.names, "problem": classes.problem}
+    return PreparedData(examples, encoded, encoding, classes)

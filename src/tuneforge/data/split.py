@@ -20,8 +20,11 @@ def unit_hash(example_id: str, seed: int) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def assign_splits(u: np.ndarray, val_ratio: float, test_ratio: float, strata: np.ndarray | None = None) -> np.ndarray:
-    """Split codes (TRAIN, VAL, TEST) for rows with unit hashes `u` (and optional stratum codes)."""
+def assign_splits(u: np.ndarray, val_ratio: float, test_ratio: float, strata: np.ndarray | None = None,
+                  at_least_one: bool = False) -> np.ndarray:
+    """Split codes (TRAIN, VAL, TEST) for rows with unit hashes `u` (and optional stratum codes). With
+    `at_least_one`, each stratum puts at least one row in each held-out split whose ratio is above 0
+    (classes of a classification task: a class missing from the test split is never measured)."""
     codes = np.full(len(u), TRAIN, dtype=np.int8)
     if strata is None:
         codes[u < test_ratio + val_ratio] = VAL
@@ -31,6 +34,8 @@ def assign_splits(u: np.ndarray, val_ratio: float, test_ratio: float, strata: np
         rows = np.flatnonzero(strata == value)
         ranked = rows[np.argsort(u[rows], kind="stable")]
         n_test, n_val = round(len(rows) * test_ratio), round(len(rows) * val_ratio)
+        if at_least_one:
+            n_test, n_val = max(n_test, test_ratio > 0), max(n_val, val_ratio > 0)
         codes[ranked[:n_test]] = TEST
         codes[ranked[n_test:n_test + n_val]] = VAL
     return codes

@@ -8,6 +8,9 @@ def check_example(example: dict, max_row_chars: int) -> None:
     if "text" in example:
         _check_text(example["text"], "text")
         size = len(example["text"])
+        if "text_pair" in example:
+            _check_text(example["text_pair"], "text_pair")
+            size += len(example["text_pair"])
     else:
         messages = example["messages"]
         for i, message in enumerate(messages):

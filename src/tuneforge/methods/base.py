@@ -41,8 +41,9 @@ class Method:
     four_bit_base: ClassVar[bool] = False
     """The base's linear weights are stored in 4 bits."""
 
-    def apply(self, model, recipe: Recipe, model_dir: Path | None = None):
-        """Mark what learns (requires_grad) or wrap the model with an adapter; returns the model to train."""
+    def apply(self, model, recipe: Recipe, model_dir: Path | None = None, head: tuple[str, ...] = ()):
+        """Mark what learns (requires_grad) or wrap the model with an adapter; returns the model to train.
+        `head` names the task's new modules (a classifier), which learn in full whatever the method."""
         raise NotImplementedError
 
     def load_options(self, device: str) -> dict:

@@ -13,7 +13,7 @@ class Freeze(Method):
     name = "freeze"
     learning_rate = 1e-4
 
-    def apply(self, model, recipe, model_dir=None):
+    def apply(self, model, recipe, model_dir=None, head=()):
         if recipe.freeze.frozen_modules:
             return _freeze_by_pattern(model, recipe.freeze.frozen_modules)
         return train_last_blocks(model, recipe.freeze.trainable_blocks, recipe.freeze.train_embeddings)

@@ -8,7 +8,7 @@ class Full(Method):
     name = "full"
     learning_rate = 3e-5  # updating every pre-trained weight takes a small step
 
-    def apply(self, model, recipe, model_dir=None):
+    def apply(self, model, recipe, model_dir=None, head=()):
         model.requires_grad_(True)
         return model
 

@@ -10,7 +10,7 @@ class GradualUnfreeze(Method):
     learning_rate = 1e-4
     static_graph = False  # which blocks learn changes: compiled blocks would recompile, DDP finds unused ones
 
-    def apply(self, model, recipe, model_dir=None):
+    def apply(self, model, recipe, model_dir=None, head=()):
         """Every block it will ever train is marked; Unfreezer narrows that per step."""
         return train_last_blocks(model, len(transformer_blocks(model)), recipe.freeze.train_embeddings)
 

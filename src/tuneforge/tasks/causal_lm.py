@@ -13,11 +13,14 @@ class CausalLM(Task):
     generates = False
 
     def refusal(self, kind: str) -> str:
+        if kind != "messages":
+            return super().refusal(kind)
         return ("this row is a conversation (messages, prompt + completion, ...); task causal_lm learns from raw text "
                 "only. Use task: chat for conversations, or give the source `format: text` with "
                 "`columns: {text: YOUR_COLUMN}`.")
 
-    def encode(self, example: dict, tokenizer, max_length: int, train_on_prompt: bool = False) -> Encoded:
+    def encode(self, example: dict, tokenizer, max_length: int, train_on_prompt: bool = False,
+               classes=None) -> Encoded:
         return encode_text(example, tokenizer, max_length)
 
     def token_lengths(self, examples: list[dict], tokenizer) -> list[int]:

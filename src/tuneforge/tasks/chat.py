@@ -16,7 +16,8 @@ class Chat(Task):
     name = "chat"
     row_kinds = ("messages", "text")
 
-    def encode(self, example: dict, tokenizer, max_length: int, train_on_prompt: bool = False) -> Encoded:
+    def encode(self, example: dict, tokenizer, max_length: int, train_on_prompt: bool = False,
+               classes=None) -> Encoded:
         return encode(example, tokenizer, max_length, train_on_prompt)
 
     def token_lengths(self, examples: list[dict], tokenizer) -> list[int]:

@@ -163,14 +163,16 @@ class Validation(Callback):
             state.evals_without_improvement += 1
             state.stopped_early = bool(cfg.early_stopping_patience
                                        and state.evals_without_improvement >= cfg.early_stopping_patience)
+        accuracy = t.task.has_accuracy  # regression has none
         if fit.trackers:
             fit.trackers.log({"step": state.step, "val_loss": round(result.loss, 5),
-                              "val_accuracy": round(result.accuracy, 5),
+                              **({"val_accuracy": round(result.accuracy, 5)} if accuracy else {}),
                               f"best_{cfg.early_stopping_metric}": round(state.best_value, 5),
                               "best_step": state.best_step})
         if t.dist.main:
-            fit.bar.write(f"step {state.step}: val loss {result.loss:.4f}, accuracy {result.accuracy:.3f} "
-                          f"(best {cfg.early_stopping_metric} {state.best_value:.4f} at step {state.best_step})")
+            fit.bar.write(f"step {state.step}: val loss {result.loss:.4f}"
+                          + (f", accuracy {result.accuracy:.3f}" if accuracy else "")
+                          + f" (best {cfg.early_stopping_metric} {state.best_value:.4f} at step {state.best_step})")
         fit.window.restart()  # throughput counts training time only
 
 

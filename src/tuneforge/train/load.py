@@ -1,6 +1,7 @@
-"""The model to train: loaded in fp32 (or as its method says, 4-bit for qlora) with the recipe's dropout,
-its method applied (methods/), and with bf16 / fp16 autocast the frozen linear weights of methods with
-`half_base` stored in that dtype (runtime/precision.py)."""
+"""The model to train: loaded with its task's auto class (a new head configured for the task's classes)
+in fp32 (or as its method says, 4-bit for qlora) with the recipe's dropout, its method applied
+(methods/; the task's new head learns in full), and with bf16 / fp16 autocast the frozen linear weights
+of methods with `half_base` stored in that dtype (runtime/precision.py)."""
 
 from pathlib import Path
 
@@ -12,25 +13,38 @@ from tuneforge.recipe import Recipe
 from tuneforge.runtime import attention as packed_attention
 from tuneforge.runtime.hardware import DTYPES
 from tuneforge.runtime.precision import half_frozen_linears
+from tuneforge.tasks import get_task
 
 
-def load_for_method(model_dir: Path, recipe: Recipe, device: str, precision: str = "fp32"):
-    from transformers import AutoConfig, AutoModelForCausalLM
+def load_for_method(model_dir: Path, recipe: Recipe, device: str, precision: str = "fp32", classes=None,
+                    pad_id: int | None = None):
+    """`classes` (tasks/labelled.py, Classes) sets up a task's new head; `pad_id` is the tokenizer's."""
+    import transformers
 
-    method = get_method(recipe.method)
-    config = AutoConfig.from_pretrained(model_dir)
-    if recipe.model.dropout is not None:
-        _override_dropout(config, recipe.model.dropout)
+    method, task = get_method(recipe.method), get_task(recipe.task)
+    config = task_config(model_dir, recipe, classes, pad_id)
     kwargs = {"config": config, "dtype": torch.float32, **method.load_options(device)}
     if recipe.train.packing:
         kwargs["attn_implementation"] = packed_attention.NAME
-    model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+    model = getattr(transformers, task.model_class).from_pretrained(model_dir, **kwargs)
     if "device_map" not in kwargs:
         model = model.to(device)
-    model = apply_method(model, recipe, model_dir)
+    model = apply_method(model, recipe, model_dir, task.head_modules(model))
     if precision != "fp32" and method.half_base:
         half_frozen_linears(model, DTYPES[precision])
     return model
+
+
+def task_config(model_dir: Path, recipe: Recipe, classes=None, pad_id: int | None = None):
+    """The model's config with the recipe's dropout and the task's head (its classes) set."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_dir)
+    if recipe.model.dropout is not None:
+        _override_dropout(config, recipe.model.dropout)
+    if classes is not None:
+        classes.configure(config, pad_id)
+    return config
 
 
 def _override_dropout(config, value: float) -> None:

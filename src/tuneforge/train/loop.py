@@ -14,6 +14,7 @@ from tuneforge.methods.gradual_unfreeze import Unfreezer
 from tuneforge.recipe import Recipe
 from tuneforge.runtime.distributed import Dist, share_batches
 from tuneforge.runtime.hardware import DTYPES, autocast, matmul_shapes_cached
+from tuneforge.tasks import Task
 from tuneforge.tasks.tokens import Encoded
 from tuneforge.train.callbacks import Callback, Fit, Step, Window, standard_callbacks
 from tuneforge.train.checkpoint import LoopState, positions
@@ -38,6 +39,7 @@ class Trainee:
     device: str
     precision: str
     dist: Dist
+    task: Task
     unfreezer: Unfreezer | None = None
     compiler: AutoCompile | None = None
 
@@ -46,7 +48,7 @@ class Trainee:
 
     @property
     def bucket(self) -> bool:
-        """Pad micro-batches to few lengths (data/batches.py, bucket_length)."""
+        """Pad micro-batches to few lengths (tasks/tokens.py, bucket_length)."""
         return matmul_shapes_cached(self.device, DTYPES[self.precision])
 
 
@@ -88,7 +90,7 @@ def train_step(t: Trainee, examples: list[Encoded], indices: list[int], plan: Tr
                recipe: Recipe) -> tuple[float, int, float | None]:
     """One optimizer step over a global batch; the loss is normalised over all of its loss tokens,
     so any micro-batch x accumulation x process split (and packing) gives the same gradient."""
-    batches = step_batches(examples, indices, plan.micro_batch, recipe, t.pad_id, t.bucket)
+    batches = step_batches(examples, indices, plan.micro_batch, recipe, t.pad_id, t.bucket, t.loss_model.collate)
     mine = share_batches(batches, t.dist)
     n_loss = sum(examples[i].loss_tokens for i in indices)
     total = torch.zeros(1, dtype=torch.float64, device=t.device)  # on the device: no sync per micro-batch
@@ -111,9 +113,10 @@ def train_step(t: Trainee, examples: list[Encoded], indices: list[int], plan: Tr
 
 
 def step_batches(examples: list[Encoded], indices: list[int], micro_batch: int, recipe: Recipe,
-                 pad_id: int, bucket: bool = False) -> list[dict[str, torch.Tensor]]:
-    """The step's micro-batches as tensors: padded, or packed (rows of data.max_length tokens, each
-    micro-batch's rows back to back in one row); with `bucket`, padded to few lengths."""
+                 pad_id: int, bucket: bool = False, collate=collate) -> list[dict[str, torch.Tensor]]:
+    """The step's micro-batches as tensors: padded (by the loss model's `collate`: a task with a head
+    has its own), or packed (rows of data.max_length tokens, each micro-batch's rows back to back in
+    one row); with `bucket`, padded to few lengths."""
     if recipe.train.packing:
         return [collate_packed(rows, bucket)
                 for rows in packed_micro_batches(examples, indices, micro_batch, recipe.data.max_length)]

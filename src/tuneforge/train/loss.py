@@ -26,6 +26,11 @@ class LossModel(torch.nn.Module):
         super().__init__()
         self.model, self.label_smoothing = model, label_smoothing
 
+    @staticmethod
+    def collate(rows: list, pad_id: int, bucket: bool = False) -> dict[str, torch.Tensor]:
+        """A padded micro-batch of these rows (a task's own loss model brings its own)."""
+        return collate(rows, pad_id, bucket=bucket)
+
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int, int]:
         """Sum of next-token cross-entropy over positions whose label is not IGNORE, their count,
         and (in eval mode) how many of them the model ranks first."""
@@ -119,7 +124,7 @@ def evaluate_loss(loss_model: LossModel, examples: list, micro_batch: int, pad_i
     with autocast():
         bucket = shapes_cached_now(loss_model, device)
     for rows, weight in share_batches(batches, d):
-        batch = to_device(collate(rows, pad_id, bucket=bucket), device)
+        batch = to_device(loss_model.collate(rows, pad_id, bucket=bucket), device)
         with autocast():
             s, n, correct = loss_model(batch)
         totals[0] += weight * s.detach().double()

@@ -78,27 +78,34 @@ class TrainPlan:
     world: int = 1
 
 
-def model_shape(model_dir: Path, recipe: Recipe) -> ModelShape:
-    """Count parameters on the meta device: no memory, no weights read, the method really applied."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+def model_shape(model_dir: Path, recipe: Recipe, classes=None) -> ModelShape:
+    """Count parameters on the meta device: no memory, no weights read, the method really applied (and
+    the task's head, for `classes`)."""
+    import transformers
 
     from tuneforge.methods import apply_method
     from tuneforge.methods.model_parts import count_parameters
+    from tuneforge.tasks import get_task
+    from tuneforge.train.load import task_config
 
-    config = AutoConfig.from_pretrained(model_dir)
+    task = get_task(recipe.task)
+    config = task_config(model_dir, recipe, classes, pad_id=0)
     method = get_method(recipe.method)
     counting = recipe.model_copy(deep=True)
     counting.prompt_tuning.init_text = None  # a text init would read the tokenizer; the count is the same
     counting.method = method.counted_as().name  # qlora: lora's adapters, the base's linears counted as 4-bit
     with torch.device("meta"):
-        model = apply_method(AutoModelForCausalLM.from_config(config), counting)
+        model = getattr(transformers, task.model_class).from_config(config)
+        model = apply_method(model, counting, head=task.head_modules(model))
     total, trainable = count_parameters(model)
     head = model.get_output_embeddings()
     linear = sum(m.weight.numel() for name, m in model.named_modules()
                  if isinstance(m, torch.nn.Linear) and m is not head and "lora_" not in name)
     matrices = [tuple(p.shape) for p in model.parameters() if p.requires_grad and p.ndim == 2]
+    # a task's head has a handful of outputs, not the vocabulary: no LM-head logits to plan for
+    vocab = config.vocab_size if head is not None else 0
     return ModelShape(total, trainable, matrices, linear if method.four_bit_base else 0, linear,
-                      config.num_hidden_layers, config.hidden_size, config.vocab_size)
+                      config.num_hidden_layers, config.hidden_size, vocab)
 
 
 def estimate_memory(shape: ModelShape, recipe: Recipe, tokens_per_micro_batch: int, precision: str,
@@ -125,7 +132,7 @@ def estimate_memory(shape: ModelShape, recipe: Recipe, tokens_per_micro_batch: i
     blocks = tokens_per_micro_batch * method.learning_blocks(recipe, shape.layers) * shape.hidden * per_unit
     if cfg.gradient_checkpointing:
         blocks += tokens_per_micro_batch * shape.hidden * kept
-    head = min(tokens_per_micro_batch, chunk_tokens(shape.vocab)) * shape.vocab * 4 * _HEAD_COPIES
+    head = min(tokens_per_micro_batch, chunk_tokens(shape.vocab)) * shape.vocab * 4 * _HEAD_COPIES if shape.vocab else 0
     head += method.head_gradient(shape.vocab, shape.hidden)
     blocks += method.full_size_temporaries(shape.linear_params)
     sharded = world if cfg.distributed == "fsdp" else 1

@@ -25,6 +25,7 @@ from tuneforge.recipe import Recipe, load_recipe, validate_recipe
 from tuneforge.run_folder import create_run_dir, open_run, truncate_metrics, write_env
 from tuneforge.runtime.distributed import check_batch, device_for, full_state, init_distributed, shutdown, wrap
 from tuneforge.runtime.hardware import choose_precision
+from tuneforge.tasks import get_task
 from tuneforge.train.checkpoint import LoopState, list_checkpoints, load_checkpoint
 from tuneforge.train.compile import AutoCompile, compile_blocks
 from tuneforge.train.load import load_for_method
@@ -91,8 +92,9 @@ def plan_training(recipe: Recipe, prepared: Path | None = None) -> Setup:
     recipe is a resolved copy (derived values filled in); the caller's recipe is left as it was."""
     recipe = recipe.model_copy(deep=True)
     _check_combination(recipe)
+    task = get_task(recipe.task)
     if recipe.train.packing is None:
-        recipe.train.packing = get_method(recipe.method).packing
+        recipe.train.packing = get_method(recipe.method).packing and task.packing
     d = init_distributed()
     random.seed(recipe.seed)
     torch.manual_seed(recipe.seed)
@@ -100,7 +102,8 @@ def plan_training(recipe: Recipe, prepared: Path | None = None) -> Setup:
     precision = choose_precision(recipe.train.precision, device.split(":")[0])
     model_dir = resolve_model(recipe.model.name)
     tokenizer = load_tokenizer(model_dir)
-    ensure_chat_template(tokenizer)
+    if task.chat_template:
+        ensure_chat_template(tokenizer)
     if prepared is None:
         if not d.main:
             d.barrier()  # rank 0 prepares (or finds) the data first; the others then find it in the cache
@@ -113,7 +116,7 @@ def plan_training(recipe: Recipe, prepared: Path | None = None) -> Setup:
         raise UserError(f"train.global_batch_size: {cfg.global_batch_size} is more than the {n_train} training "
                         f"examples; lower it to at most {n_train} or add data.")
     check_batch(cfg.global_batch_size, d)
-    shape = model_shape(model_dir, recipe)
+    shape = model_shape(model_dir, recipe, data.classes)
     plan = make_plan(recipe, shape, n_train=n_train, longest_example=max(len(e.input_ids) for e in data.encoded["train"]),
                      device=device, precision=precision, world=d.world)
     if plan.memory.total > plan.available:
@@ -129,7 +132,7 @@ def plan_training(recipe: Recipe, prepared: Path | None = None) -> Setup:
         print(f"Plan ({recipe.method} on {model_dir.name}, {device}, {precision}):\n"
               f"{format_plan(plan, shape, cfg.packing)}")
     setup = Setup(recipe, tokenizer, prepared, data, shape, plan)
-    setup.trainee = Trainee(None, None, None, {}, None, None, tokenizer.pad_token_id, device, precision, d)
+    setup.trainee = Trainee(None, None, None, {}, None, None, tokenizer.pad_token_id, device, precision, d, task)
     return setup
 
 
@@ -139,7 +142,8 @@ def load_trainee(setup: Setup, lr: float | None = None) -> Trainee:
     method = get_method(recipe.method)
     if t.device == "cpu":
         torch.set_num_threads(cfg.threads or _cores_per_process())
-    t.model = load_for_method(resolve_model(recipe.model.name), recipe, t.device, t.precision)
+    t.model = load_for_method(resolve_model(recipe.model.name), recipe, t.device, t.precision, setup.data.classes,
+                              t.pad_id)
     base = t.model.get_base_model() if hasattr(t.model, "get_base_model") else t.model
     if cfg.gradient_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -151,7 +155,8 @@ def load_trainee(setup: Setup, lr: float | None = None) -> Trainee:
         # a method that changes which blocks learn (gradual_unfreeze) would recompile them.
         with contextlib.suppress(UserError):  # a model without decoder.layers stays eager
             t.compiler = AutoCompile(transformer_blocks(t.model))
-    t.loss_model = LossModel(t.model, cfg.label_smoothing)
+    t.loss_model = (t.task.loss_model(t.model, recipe, setup.data.encoded["train"])
+                    or LossModel(t.model, cfg.label_smoothing))
     t.module = wrap(t.loss_model, blocks, cfg.distributed, t.dist, t.device,
                     find_unused=not method.static_graph)
     t.params = trainable_parameters(t.model)
