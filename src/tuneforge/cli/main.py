@@ -33,6 +33,8 @@ EXAMPLES = {
     "runs compare": "tuneforge runs compare runs/pydocs-lora runs/pydocs-full --out comparison.png",
     "generate": "tuneforge generate runs/pydocs-lora --prompt 'What does `json.dumps` do?'",
     "chat": "tuneforge chat runs/pydocs-lora",
+    "predict": "tuneforge predict runs/tickets-cls --input new-tickets.csv --out predicted.csv\n"
+               "  tuneforge predict runs/tickets-cls --input new.jsonl --text-column body",
     "demo": "tuneforge demo",
     "export": "tuneforge export runs/pydocs-lora --format hf\n"
               "  tuneforge export runs/pydocs-lora --format adapter --out exports/pydocs-adapter\n"
@@ -153,6 +155,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run folder")
     p.add_argument("--max-new-tokens", type=int, default=300)
 
+    p = command("predict", "Predict the label (and each class's score) or value of every row of a file with a "
+                           "classification or regression run.")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--input", required=True, help="rows to predict for: .jsonl, .csv, .tsv, .parquet, ... with a text "
+                                                  "column (and optionally text_pair)")
+    p.add_argument("--out", help="a .jsonl or .csv file to write (default: <input>.predictions.jsonl)")
+    p.add_argument("--text-column", default="text", help="the column holding the text (default: text)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+
     p = command("export", "Export a run's model: hf (adapter merged into the base; transformers, vLLM), adapter "
                           "(PEFT), gguf (llama.cpp, Ollama); each with a model card.")
     p.add_argument("run", help="run folder")
@@ -271,6 +282,11 @@ def _run(args) -> int | None:
         from tuneforge.inference.chat import interactive_chat
 
         interactive_chat(Path(args.run), args.max_new_tokens)
+    elif args.command == "predict":
+        from tuneforge.deploy.predict import predict_file
+
+        predict_file(Path(args.run), Path(args.input), Path(args.out) if args.out else None, args.text_column,
+                     args.overwrite)
     elif args.command == "export":
         from tuneforge.deploy.export import export_run
 

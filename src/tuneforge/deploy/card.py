@@ -7,6 +7,7 @@ from pathlib import Path
 from tuneforge.models.catalog import CATALOG
 from tuneforge.recipe import Recipe
 from tuneforge.runs.table import run_summary
+from tuneforge.tasks import TASKS
 
 USAGE = {
     "hf": """```python
@@ -27,6 +28,19 @@ tokenizer = AutoTokenizer.from_pretrained("{path}")
 ```
 
 vLLM serves it as a LoRA module: `vllm serve {base} --enable-lora --lora-modules tuned={path}`.""",
+    "hf_head": """```python
+from transformers import pipeline
+
+classifier = pipeline("text-classification", model="{path}")
+print(classifier("the text to classify", top_k=None))  # every label with its score
+```""",
+    "adapter_head": """```python
+from peft import AutoPeftModelForSequenceClassification
+from transformers import AutoTokenizer
+
+model = AutoPeftModelForSequenceClassification.from_pretrained("{path}")  # fetches the base model {base}
+tokenizer = AutoTokenizer.from_pretrained("{path}")
+```""",
     "gguf": """```
 llama-cli -m {path}/{gguf} -cnv
 ollama create tuned -f {path}/Modelfile && ollama run tuned
@@ -46,7 +60,8 @@ def model_card(run_dir: Path, recipe: Recipe, fmt: str, out: Path, extra: dict |
              f"# {run_dir.name}", "",
              f"{base} fine-tuned with tuneforge ({recipe.method}, {summary['steps']} steps) on "
              f"{_data_line(run_dir)}. Exported as `{fmt}` from the run folder `{run_dir}`.", "",
-             "## Use", "", USAGE[fmt].format(path=out, base=base, **(extra or {})), ""]
+             "## Use", "", USAGE[f"{fmt}_head" if TASKS[recipe.task].head else fmt].format(
+                 path=out, base=base, **(extra or {})), ""]
     lines += _metrics_section(run_dir, summary)
     lines += ["## Data", "", *_manifest_lines(run_dir), "",
               "## Recipe", "", "```yaml", (run_dir / "recipe.yaml").read_text().rstrip(), "```", ""]
@@ -89,6 +104,8 @@ def _metrics_section(run_dir: Path, summary: dict) -> list[str]:
     if not path.is_file():
         return lines + ["Not evaluated yet (`tuneforge eval RUN` adds test-split metrics).", ""]
     metrics = json.loads(path.read_text())
+    if "problem" in metrics:  # a head: against the linear probe (evaluate/heads.py)
+        return lines + _head_metrics(metrics)
     base, tuned = metrics.get("base", {}), metrics.get("tuned", {})
     rows = [(name, key) for name, key in (("perplexity (test)", "perplexity"), ("ROUGE-L", "rouge_l"),
                                           ("BLEU", "bleu"), ("chrF", "chrf")) if key in tuned]
@@ -99,6 +116,19 @@ def _metrics_section(run_dir: Path, summary: dict) -> list[str]:
         lines += ["", f"General-text perplexity (forgetting check): {forgetting['base']:.2f} -> "
                       f"{forgetting['tuned']:.2f} ({forgetting['change']:+.1%}"
                       f"{', flagged' if forgetting.get('flagged') else ''})."]
+    return lines + [""]
+
+
+def _head_metrics(metrics: dict) -> list[str]:
+    names = list(metrics["tuned"]["scores"])
+    lines = ["", f"On {metrics['test_examples']} test examples (bootstrap 95% intervals); probe = a linear model on "
+                 "the pre-trained encoder's embeddings.", "", "| metric | majority | probe | tuned |", "|---|---|---|---|"]
+    for name in names:
+        cells = [metrics[m]["scores"][name] for m in ("majority", "probe", "tuned")]
+        lines.append(f"| {name} | " + " | ".join(f"{c['value']:.3f} [{c['low']:.3f}, {c['high']:.3f}]" for c in cells) + " |")
+    paired = metrics["paired"]["tuned_vs_probe"]
+    lines += ["", f"Tuned against the probe per example: {paired['wins']} better, {paired['ties']} same, "
+                  f"{paired['losses']} worse (paired bootstrap p = {paired['p_value']:.4f})."]
     return lines + [""]
 
 

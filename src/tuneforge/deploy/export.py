@@ -18,6 +18,7 @@ from tuneforge.methods import get_method
 from tuneforge.models.catalog import CATALOG
 from tuneforge.recipe import load_recipe
 from tuneforge.run_folder import open_run
+from tuneforge.tasks import get_task
 
 FORMATS = ("hf", "adapter", "gguf")
 
@@ -39,6 +40,9 @@ def export_run(run_dir: Path, fmt: str, out: Path | None = None, quant: str = "f
         raise UserError(f"--quant: {quant!r} is not one of {', '.join(gguf.QUANTS)}.")
     method = get_method(recipe.method)
     adapter = method.adapter
+    if fmt == "gguf" and get_task(recipe.task).head:
+        raise UserError(f"{run_dir}: --format gguf is for generative models (llama.cpp, Ollama); a {recipe.task} "
+                        "run's head exports with --format hf (transformers' pipeline) or --format adapter.")
     if fmt == "adapter" and not adapter:
         raise UserError(f"{run_dir}: a {recipe.method} run changed the model's own weights, so it has no adapter; "
                         "export it with --format hf or --format gguf.")
@@ -69,29 +73,36 @@ def _write(run_dir: Path, recipe, fmt: str, quant: str, folder: Path, adapter: b
         _point_adapter_at_hub(folder, recipe.model.name)
         return {}
     if fmt == "hf":
-        _merged(model_dir, recipe, folder, adapter)
+        _merged(run_dir, recipe, folder, adapter)
         return {}
     folder.mkdir()
     name = f"{run_dir.name}-{quant}.gguf"
     hf_dir = folder / "hf"
-    _merged(model_dir, recipe, hf_dir, adapter)
+    _merged(run_dir, recipe, hf_dir, adapter)
     gguf.convert(hf_dir, folder / name, quant)
     shutil.rmtree(hf_dir)
     (folder / "Modelfile").write_text(f"FROM ./{name}\n")  # Ollama reads the chat template from the GGUF
     return {"gguf": name}
 
 
-def _merged(model_dir: Path, recipe, folder: Path, adapter: bool) -> None:
-    """A plain transformers folder: the adapter merged into an fp32 base, or the full run's weights."""
+def _merged(run_dir: Path, recipe, folder: Path, adapter: bool) -> None:
+    """A plain transformers folder: the adapter merged into an fp32 base (with a task's head and its
+    id2label), or the full run's weights."""
     from tuneforge.models.loader import load_model, load_tokenizer, resolve_model
 
+    model_dir = run_dir / "model"
     if not adapter:
         shutil.copytree(model_dir, folder)
         return
     from peft import PeftModel
 
     print("Merging the adapter into the base model ...", flush=True)
-    merged = PeftModel.from_pretrained(load_model(resolve_model(recipe.model.name)), model_dir).merge_and_unload()
+    if get_task(recipe.task).head:
+        from tuneforge.inference.heads import HeadModel
+
+        merged = HeadModel(run_dir).model.cpu().merge_and_unload()
+    else:
+        merged = PeftModel.from_pretrained(load_model(resolve_model(recipe.model.name)), model_dir).merge_and_unload()
     merged.save_pretrained(folder)
     load_tokenizer(model_dir).save_pretrained(folder)
 

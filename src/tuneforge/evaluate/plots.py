@@ -75,3 +75,62 @@ def example_deltas(deltas: list[float], metric: str, path: Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def confusion_matrix(confusion: list[list[int]], names: list[str], path: Path) -> Path:
+    """Counts of true class (rows) against predicted class (columns), the diagonal being right."""
+    plt = _pyplot()
+    size = min(12, 2.5 + 0.45 * len(names))
+    fig, ax = plt.subplots(figsize=(size, size * 0.85))
+    image = ax.imshow(confusion, cmap="Blues")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    if len(names) <= 20:
+        top = max(max(row) for row in confusion) or 1
+        for i, row in enumerate(confusion):
+            for j, n in enumerate(row):
+                ax.text(j, i, n, ha="center", va="center", fontsize=7, color="white" if n > top / 2 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def reliability(curves: dict[str, list[dict]], path: Path) -> Path:
+    """Accuracy against confidence per bin, one line per model; the diagonal is perfect calibration."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="calibrated")
+    for i, (name, points) in enumerate(curves.items()):
+        ax.plot([p["confidence"] for p in points], [p["accuracy"] for p in points], "o-", color=f"C{i}", label=name)
+    ax.set_xlabel("confidence (top class probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def predicted_vs_true(true: list[float], predicted: dict[str, list[float]], path: Path) -> Path:
+    """Regression: each model's prediction against the target per test example."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    low, high = min(true), max(true)
+    ax.plot([low, high], [low, high], color="grey", linestyle=":")
+    for i, (name, values) in enumerate(predicted.items()):
+        ax.scatter(true, values, s=10, alpha=0.6, color=f"C{i}", label=name)
+    ax.set_xlabel("true")
+    ax.set_ylabel("predicted")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

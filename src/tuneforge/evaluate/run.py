@@ -57,6 +57,15 @@ def evaluate_run(run_dir: Path, max_samples: int | None = None, compare: list[Pa
                  lm_eval_include: Path | None = None, lm_eval_limit: int | None = None) -> dict:
     run_dir = open_run(run_dir)
     recipe = load_recipe(run_dir / "recipe.yaml")
+    if get_task(recipe.task).head:
+        given = [flag for flag, value in (("--compare", compare), ("--metrics", metrics_filter), ("--lm-eval", lm_eval),
+                                          ("--max-samples", max_samples)) if value]
+        if given:
+            raise UserError(f"{', '.join(given)}: for generated text; a {recipe.task} run is evaluated on its whole "
+                            "test split against the majority class and a linear probe. Run tuneforge eval RUN alone.")
+        from tuneforge.evaluate.heads import evaluate_head
+
+        return evaluate_head(run_dir)
     test = read_split(run_dir / "data", "test")
     if not test:
         raise UserError(f"{run_dir}: the test split is empty. Train with data.test_ratio above 0 "

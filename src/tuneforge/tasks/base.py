@@ -15,6 +15,9 @@ class Task:
     name: ClassVar[str]
     row_kinds: ClassVar[tuple[str, ...]]
     """The normalised rows it learns from: "messages" (a conversation) and / or "text" (raw text)."""
+    head: ClassVar[bool] = False
+    """It learns a new head on the model (classes or a number) instead of tokens: evaluated against a
+    linear probe (evaluate/heads.py), exported for transformers' text-classification pipeline."""
     generates: ClassVar[bool] = True
     """Its evaluation generates answers to the test prompts and scores them against the references."""
     default_model: ClassVar[str] = "smollm2-135m-instruct"

@@ -26,6 +26,7 @@ NO_PROMPT = ("a soft prompt conditions generation; a classifier's head reads the
 class Classification(Task):
     name = "classification"
     row_kinds = ("labelled",)
+    head = True
     generates = False
     default_model = "all-minilm-l6-v2"
     model_class = "AutoModelForSequenceClassification"

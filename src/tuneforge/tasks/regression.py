@@ -13,6 +13,7 @@ from tuneforge.tasks.labelled import REGRESSION, Classes, encode_labelled, head_
 class Regression(Task):
     name = "regression"
     row_kinds = ("labelled",)
+    head = True
     generates = False
     default_model = "all-minilm-l6-v2"
     model_class = "AutoModelForSequenceClassification"

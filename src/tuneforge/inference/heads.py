@@ -1,0 +1,112 @@
+"""A finished classification / regression run's model: its outputs for rows (class probabilities or
+numbers), and the sentence embeddings of its encoder and of the pre-trained one (mean of the last hidden
+states over the tokens: what a linear probe and the forgetting check read)."""
+
+import json
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tuneforge.errors import UserError
+from tuneforge.methods import get_method
+from tuneforge.models.loader import load_tokenizer, resolve_model
+from tuneforge.recipe import load_recipe
+from tuneforge.run_folder import open_run
+from tuneforge.runtime.hardware import autocast, choose_precision, detect_device
+from tuneforge.tasks import get_task
+from tuneforge.tasks.labelled import MULTI, REGRESSION, Classes, collate_labelled
+
+ROWS_PER_BATCH = 32
+
+
+class HeadModel:
+    def __init__(self, run_dir: Path, precision: str = "fp32"):
+        import transformers
+
+        self.run_dir = open_run(run_dir)
+        model_dir = self.run_dir / "model"
+        if not model_dir.is_dir():
+            raise UserError(f"{self.run_dir}: has no model/ yet (training did not finish). "
+                            f"Continue it with: tuneforge train --resume {self.run_dir}")
+        self.recipe = load_recipe(self.run_dir / "recipe.yaml")
+        self.task = get_task(self.recipe.task)
+        encoding = json.loads((self.run_dir / "data" / "encoding.json").read_text())
+        self.classes = Classes(**encoding["classes"])
+        self.device = detect_device()
+        self.precision = choose_precision(precision, self.device)
+        self.tokenizer = load_tokenizer(model_dir)
+        self.base_dir = resolve_model(self.recipe.model.name)
+        auto = getattr(transformers, self.task.model_class)
+        if get_method(self.recipe.method).adapter:
+            from peft import PeftModel
+
+            config = transformers.AutoConfig.from_pretrained(self.base_dir)
+            self.classes.configure(config, self.tokenizer.pad_token_id)
+            base = auto.from_pretrained(self.base_dir, config=config, dtype=torch.float32)
+            self.model = PeftModel.from_pretrained(base, model_dir)
+        else:
+            self.model = auto.from_pretrained(model_dir, dtype=torch.float32)
+        self.model.to(self.device).eval().requires_grad_(False)
+
+    def autocast(self):
+        return autocast(self.device, self.precision)
+
+    @torch.no_grad()
+    def outputs(self, rows: list[dict]) -> np.ndarray:
+        """Per row: class probabilities (softmax; sigmoid per class for multi-label) or the number."""
+        encoded = [self.task.encode(_unlabelled(r, self.classes), self.tokenizer, self.recipe.data.max_length,
+                                    classes=self.classes) for r in rows]
+        logits = []
+        for i in range(0, len(encoded), ROWS_PER_BATCH):
+            batch = collate_labelled(encoded[i:i + ROWS_PER_BATCH], self.tokenizer.pad_token_id, self.classes.problem)
+            batch.pop("labels")
+            with self.autocast():
+                logits.append(self.model(**_to(batch, self.device)).logits.float().cpu())
+        out = torch.cat(logits) if logits else torch.zeros(0, len(self.classes.names))
+        if self.classes.problem == REGRESSION:
+            return out.squeeze(-1).numpy()
+        return (out.sigmoid() if self.classes.problem == MULTI else out.softmax(-1)).numpy()
+
+    @torch.no_grad()
+    def embeddings(self, rows: list[dict], pre_trained: bool = False) -> np.ndarray:
+        """Mean-pooled last hidden states of the tuned model's encoder (or, `pre_trained`, the base's) for
+        rows with a `text` (and optional `text_pair`)."""
+        encoder = self.pre_trained_encoder if pre_trained else _encoder(self.model)
+        out = []
+        for i in range(0, len(rows), ROWS_PER_BATCH):
+            chunk = rows[i:i + ROWS_PER_BATCH]
+            pairs = [r["text_pair"] for r in chunk] if all("text_pair" in r for r in chunk) else None
+            enc = self.tokenizer([r["text"] for r in chunk], pairs, truncation=True,
+                                 max_length=self.recipe.data.max_length, padding=True,
+                                 return_tensors="pt").to(self.device)
+            with self.autocast():
+                hidden = encoder(**enc).last_hidden_state.float()
+            mask = enc["attention_mask"].unsqueeze(-1).float()
+            out.append(((hidden * mask).sum(1) / mask.sum(1)).cpu())
+        return torch.cat(out).numpy() if out else np.zeros((0, 0))
+
+    @cached_property
+    def pre_trained_encoder(self):
+        """The model before fine-tuning, without a head (loaded on first use)."""
+        from transformers import AutoModel
+
+        return AutoModel.from_pretrained(self.base_dir, dtype=torch.float32).to(self.device).eval()
+
+
+def _encoder(model):
+    """The transformer under a head (bert, roberta, model, ...), through a PEFT wrapper."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(base, base.base_model_prefix)
+
+
+def _unlabelled(row: dict, classes: Classes) -> dict:
+    """A row to predict for: its label, when it has one, is not read (a placeholder target is encoded)."""
+    placeholder = [classes.names[0]] if classes.problem == MULTI else (0.0 if classes.problem == REGRESSION
+                                                                       else classes.names[0])
+    return {**row, "label": placeholder}
+
+
+def _to(batch: dict, device: str) -> dict:
+    return {k: v.to(device) for k, v in batch.items()}
