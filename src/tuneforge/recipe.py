@@ -41,7 +41,8 @@ RowFormat = Literal["auto", "text", "prompt_completion", "alpaca", "messages", "
 class SourceSpec(Section):
     path: str
     """A file (.jsonl, .json, .csv, .tsv, .parquet, .txt/.md), a folder of text files, a folder written by
-    `datasets`' save_to_disk, a Hugging Face hub data set id (owner/name, needs network), or `pydocs`."""
+    `datasets`' save_to_disk, a Hugging Face hub data set id (owner/name, needs network), `pydocs` (the
+    built-in chat set) or `pydocs-modules` (its docstrings labelled with their package: a classification set)."""
     format: RowFormat = "auto"
     """Row shape; `auto` detects it per row from the column names."""
     columns: dict[str, str] = {}

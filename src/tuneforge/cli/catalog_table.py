@@ -1,7 +1,8 @@
 """`tuneforge models`: the catalogue as a table, with the memory each method needs."""
 
-from tuneforge.models.catalog import CATALOG, DEFAULT_MODEL, CatalogEntry
+from tuneforge.models.catalog import CATALOG, CatalogEntry
 from tuneforge.recipe import Recipe
+from tuneforge.tasks import TASKS
 from tuneforge.train.plan import ModelShape, estimate_memory
 
 # The reference workload for the memory columns: fp32 AdamW, micro-batch 4 x 512 tokens.
@@ -16,16 +17,20 @@ def memory_gib(entry: CatalogEntry, method: str) -> float:
         total = entry.params + trainable
     else:
         trainable = total = entry.params
-    shape = ModelShape(total, trainable, [], 0, 0, entry.layers, entry.hidden, entry.vocab)
+    # an encoder trains a small head, not an LM head over the vocabulary
+    shape = ModelShape(total, trainable, [], 0, 0, entry.layers, entry.hidden, 0 if entry.encoder else entry.vocab)
     return estimate_memory(shape, Recipe(method=method), _TOKENS, "fp32").total / 2**30
 
 
 def print_catalog() -> None:
-    header = ("name", "params", "arch", "source", "licence", "LoRA GiB", "full GiB")
-    rows = [(e.name + (" *" if e.name == DEFAULT_MODEL else ""), f"{e.params / 1e6:,.0f}M", e.architecture, e.source,
-             e.licence, f"{memory_gib(e, 'lora'):.1f}", f"{memory_gib(e, 'full'):.1f}") for e in CATALOG.values()]
+    defaults = {task.default_model for task in TASKS.values()}
+    header = ("name", "params", "arch", "tasks", "source", "licence", "LoRA GiB", "full GiB")
+    rows = [(e.name + (" *" if e.name in defaults else ""), f"{e.params / 1e6:,.0f}M", e.architecture,
+             "heads" if e.encoder else "chat, causal_lm, heads", e.source, e.licence, f"{memory_gib(e, 'lora'):.1f}",
+             f"{memory_gib(e, 'full'):.1f}") for e in CATALOG.values()]
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip())
-    print("\n* default, works offline. Memory: fp32 AdamW, micro-batch 4 x 512 tokens (estimate).\n"
+    print("\n* a task's default, works offline. heads = classification, regression (a new head on the model).\n"
+          "Memory: fp32 AdamW, micro-batch 4 x 512 tokens (estimate).\n"
           "Hub models download on first use (network needed); model.name also takes a local folder.")

@@ -35,10 +35,11 @@ EXAMPLES = {
     "chat": "tuneforge chat runs/pydocs-lora",
     "predict": "tuneforge predict runs/tickets-cls --input new-tickets.csv --out predicted.csv\n"
                "  tuneforge predict runs/tickets-cls --input new.jsonl --text-column body",
-    "demo": "tuneforge demo",
+    "demo": "tuneforge demo\n  tuneforge demo text-classification",
     "export": "tuneforge export runs/pydocs-lora --format hf\n"
               "  tuneforge export runs/pydocs-lora --format adapter --out exports/pydocs-adapter\n"
-              "  tuneforge export runs/pydocs-lora --format gguf --quant q8_0",
+              "  tuneforge export runs/pydocs-lora --format gguf --quant q8_0\n"
+              "  tuneforge export runs/pydocs-modules --format onnx",
     "serve": "tuneforge serve runs/pydocs-lora\n"
              "  tuneforge serve runs/pydocs-lora runs/pydocs-dora --port 8080 --api-key s3cret\n"
              "  curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\\n"
@@ -165,9 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
     p = command("export", "Export a run's model: hf (adapter merged into the base; transformers, vLLM), adapter "
-                          "(PEFT), gguf (llama.cpp, Ollama); each with a model card.")
+                          "(PEFT), gguf (llama.cpp, Ollama), onnx (classification / regression, onnxruntime); each "
+                          "with a model card.")
     p.add_argument("run", help="run folder")
-    p.add_argument("--format", required=True, choices=["hf", "adapter", "gguf"], help="what to write")
+    p.add_argument("--format", required=True, choices=["hf", "adapter", "gguf", "onnx"],
+                   help="what to write (onnx: classification / regression runs)")
     p.add_argument("--quant", default="f16", choices=["f16", "bf16", "f32", "q8_0"],
                    help="GGUF tensor type (default f16)")
     p.add_argument("--out", help="folder to write (default: exports/<run>-<format>)")
@@ -196,7 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder to write sft.jsonl and preference.jsonl into")
     p.add_argument("--overwrite", action="store_true", help="replace existing files in --out")
 
-    p = command("demo", "Fine-tune the bundled model on the pydocs data set, evaluate it, print base vs tuned.")
+    p = command("demo", "Fine-tune the bundled model on the pydocs data set, evaluate it, print base vs tuned "
+                        "(text-classification: the bundled encoder learns which package a docstring is from).")
+    p.add_argument("which", nargs="?", default="chat", choices=["chat", "text-classification"],
+                   help="which demo (default chat)")
     p.add_argument("--runs-dir", default="runs")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key of the demo recipe")
@@ -310,7 +316,7 @@ def _run(args) -> int | None:
     elif args.command == "demo":
         from tuneforge.cli.demo import run_demo
 
-        run_demo(Path(args.runs_dir), args.overrides)
+        run_demo(Path(args.runs_dir), args.overrides, args.which)
     return 0
 
 

@@ -246,8 +246,18 @@ def _manifest(recipe: Recipe, tokenizer, rows, read, decisions, synthetic, ids, 
         "near_duplicate_examples": [{"kept": rows.ids[a], "removed": rows.ids[b]} for a, b in decisions.near_pairs],
         "synthetic_ids": [e["id"] for e in synthetic],
         "files": {f"{name}.jsonl": _sha256(folder / f"{name}.jsonl") for name in SPLITS},
+        **({"labels": labels} if (labels := _label_counts(rows, decisions, recipe)) else {}),
         "ids": ids,
     }
+
+
+def _label_counts(rows, decisions, recipe: Recipe) -> dict[str, dict[str, int]] | None:
+    """Rows of each class in each split, for a task whose splits are stratified by class."""
+    if not get_task(recipe.task).stratified or recipe.data.stratify_by or set(rows.strata) == {""}:
+        return None
+    kept, strata = decisions.status == KEPT, np.frombuffer(rows.stratum, dtype=np.int32)
+    return {name: {split: int((kept & (strata == code) & (decisions.split == c)).sum()) for c, split in enumerate(SPLITS)}
+            for name, code in sorted(rows.strata.items()) if name}
 
 
 def _sha256(path: Path) -> str:

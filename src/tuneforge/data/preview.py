@@ -14,11 +14,16 @@ from tuneforge.tasks.tokens import IGNORE
 def preview(recipe: Recipe, n: int, split: str = "train", color: bool | None = None) -> str:
     from tuneforge.models.loader import load_tokenizer, resolve_model
 
+    task = get_task(recipe.task)
     tokenizer = load_tokenizer(resolve_model(recipe.model.name))
-    ensure_chat_template(tokenizer)
-    examples = read_split(prepared_folder(recipe, tokenizer), split)[:n]
+    if task.chat_template:
+        ensure_chat_template(tokenizer)
+    folder = prepared_folder(recipe, tokenizer)
+    examples = read_split(folder, split)[:n]
     if not examples:
         raise UserError(f"the {split} split is empty; preview another (--split train) or change the split ratios.")
+    if task.head:
+        return _labelled_preview(recipe, tokenizer, folder, examples)
     color = sys.stdout.isatty() if color is None else color
     start, end = ("\033[42;30m", "\033[0m") if color else ("[[", "]]")
     d = recipe.data
@@ -32,4 +37,27 @@ def preview(recipe: Recipe, n: int, split: str = "train", color: bool | None = N
             text = tokenizer.decode([token for token, _ in group])
             pieces.append(f"{start}{text}{end}" if has_loss else text)
         out += ["".join(pieces), ""]
+    return "\n".join(out)
+
+
+def _labelled_preview(recipe: Recipe, tokenizer, folder, examples: list[dict]) -> str:
+    """Rows per label and split, then each example as the encoder reads it (special tokens and all)
+    with its target."""
+    import json
+
+    from tuneforge.data.report import summary
+
+    manifest = json.loads((folder / "manifest.json").read_text())
+    text = summary(manifest)
+    start = text.find("## Labels")  # absent for multi-label and regression rows (not stratified)
+    end = text.find("\n## ", start + 1)
+    out = [] if start < 0 else [(text[start:] if end < 0 else text[start:end]).strip() + "\n"]
+    d = recipe.data
+    classes = get_task(recipe.task).classes(read_split(folder, "train"))
+    out.append(f"Examples as the model reads them (data.max_length = {d.max_length}):\n")
+    for example in examples:
+        enc = get_task(recipe.task).encode(example, tokenizer, d.max_length, classes=classes)
+        note = ", truncated" if enc.truncated else ""
+        out += [f"--- {example['id']} ({len(enc.input_ids)} tokens{note}) -> label {example['label']!r}",
+                tokenizer.decode(enc.input_ids), ""]
     return "\n".join(out)

@@ -1,5 +1,6 @@
 """The built-in `pydocs` data set: questions about the installed Python's standard library, answered
-by the first paragraph of the matching docstring.
+by the first paragraph of the matching docstring; and `pydocs-modules`, the same docstrings labelled
+with their package (a classification set).
 
 Real domain text nobody here wrote, available on every machine with Python. Pure-Python modules are
 read with `ast` (nothing is imported, so no module runs its import-time side effects); modules
@@ -59,6 +60,19 @@ def build_pydocs() -> list[dict]:
             ],
         })
     return examples
+
+
+def build_pydocs_modules(classes: int = 8) -> list[dict]:
+    """The same docstrings labelled with the package they document, for the classification demo: which of
+    the `classes` packages with the most docstrings (asyncio, xml, logging, posix, email, ...) a text
+    is from. Ties in size go by name, so the set is the same for the same Python."""
+    from collections import Counter
+
+    rows = [{"id": e["id"], "text": e["messages"][1]["content"], "label": e["id"].split(":")[1].split(".")[0]}
+            for e in build_pydocs()]
+    sizes = Counter(r["label"] for r in rows)
+    kept = {name for name, _ in sorted(sizes.items(), key=lambda item: (-item[1], item[0]))[:classes]}
+    return [r for r in rows if r["label"] in kept]
 
 
 def _module_files() -> dict[str, Path | None]:

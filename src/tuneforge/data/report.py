@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from tuneforge.data.split import SPLITS
-from tuneforge.data.stats import plot_lengths, plot_stages
+from tuneforge.data.stats import plot_labels, plot_lengths, plot_stages
 
 
 def stages(manifest: dict) -> list[tuple[str, int]]:
@@ -29,11 +29,12 @@ def stages(manifest: dict) -> list[tuple[str, int]]:
 def write_report(manifest: dict, lengths: dict[str, np.ndarray], folder: Path) -> None:
     t = manifest["tokens"]
     length_png = plot_lengths(lengths, t["max_length"], folder / "token_lengths.png")
-    stage_png = plot_stages(stages(manifest), folder / "stages.png")
+    images = {"stages.png": plot_stages(stages(manifest), folder / "stages.png"), "token_lengths.png": length_png}
+    if manifest.get("labels"):
+        images["labels.png"] = plot_labels(manifest["labels"], folder / "labels.png")
     sections = _sections(manifest)
-    (folder / "report.md").write_text(_markdown(sections), encoding="utf-8")
-    (folder / "report.html").write_text(_html(sections, {"stages.png": stage_png, "token_lengths.png": length_png}),
-                                        encoding="utf-8")
+    (folder / "report.md").write_text(_markdown(sections, images=list(images)), encoding="utf-8")
+    (folder / "report.html").write_text(_html(sections, images), encoding="utf-8")
 
 
 def _sections(m: dict) -> list[tuple[str, list[str], list[list]]]:
@@ -65,6 +66,9 @@ def _sections(m: dict) -> list[tuple[str, list[str], list[list]]]:
         (f"Tokens (max_length {t['max_length']}, {t['steps_per_epoch']:,} steps per epoch)",
          ["split", "rows", "tokens", "mean", "median", "p95", "max", f"over {t['max_length']} (truncated)"], tokens),
     ]
+    if m.get("labels"):
+        out.append(("Labels (rows per split)", ["label", *SPLITS],
+                    [[name, *(f"{n[split]:,}" for split in SPLITS)] for name, n in m["labels"].items()]))
     if m["invalid_reasons"]:
         out.append(("Invalid rows (see rejects.jsonl)", ["reason", "rows"],
                     [[r, f"{n:,}"] for r, n in m["invalid_reasons"].items()]))
@@ -76,18 +80,22 @@ def _sections(m: dict) -> list[tuple[str, list[str], list[list]]]:
 
 def summary(manifest: dict) -> str:
     """The stage and token tables (and invalid-row reasons), for the terminal."""
-    keep = ("Rows after each stage", "Tokens", "Invalid rows")
-    return _markdown([s for s in _sections(manifest) if s[0].startswith(keep)], images=False).strip()
+    keep = ("Rows after each stage", "Tokens", "Labels", "Invalid rows")
+    return _markdown([s for s in _sections(manifest) if s[0].startswith(keep)], images=[]).strip()
 
 
-def _markdown(sections, images: bool = True) -> str:
+_CAPTIONS = {"stages.png": "rows after each stage", "token_lengths.png": "example lengths",
+             "labels.png": "rows per label and split"}
+
+
+def _markdown(sections, images: list[str]) -> str:
     lines = ["# Data report", ""] if images else []
     for title, header, rows in sections:
         lines += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |" for row in rows]
         lines.append("")
-    if images:
-        lines += ["![rows after each stage](stages.png)", "", "![example lengths](token_lengths.png)", ""]
+    for name in images:
+        lines += [f"![{_CAPTIONS[name]}]({name})", ""]
     return "\n".join(lines)
 
 

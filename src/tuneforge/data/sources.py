@@ -29,9 +29,9 @@ Rows = Iterator[tuple[str, dict | RowError]]
 
 
 def source_kind(spec: SourceSpec) -> str:
-    """pydocs, jsonl, json, csv, tsv, parquet, text, text_folder, datasets or hub; UserError otherwise."""
-    if spec.path == "pydocs":
-        return "pydocs"
+    """pydocs, pydocs-modules, jsonl, json, csv, tsv, parquet, text, text_folder, datasets or hub; UserError otherwise."""
+    if spec.path in ("pydocs", "pydocs-modules"):
+        return spec.path
     path = Path(spec.path).expanduser()
     if path.is_dir():
         if any((path / name).is_file() for name in ("dataset_info.json", "state.json", "dataset_dict.json")):
@@ -53,10 +53,11 @@ def source_kind(spec: SourceSpec) -> str:
 def read_source(spec: SourceSpec, max_row_chars: int) -> Rows:
     kind = source_kind(spec)
     path = Path(spec.path).expanduser()
-    if kind == "pydocs":
-        from tuneforge.data.pydocs import build_pydocs
+    if kind in ("pydocs", "pydocs-modules"):
+        from tuneforge.data.pydocs import build_pydocs, build_pydocs_modules
 
-        return ((f"pydocs:{e['id']}", e) for e in build_pydocs())
+        rows = build_pydocs() if kind == "pydocs" else build_pydocs_modules()
+        return ((f"{kind}:{e['id']}", e) for e in rows)
     if kind == "jsonl":
         return _jsonl(path, spec.encoding, max_row_chars)
     if kind == "json":
@@ -77,7 +78,7 @@ def fingerprint(spec: SourceSpec) -> dict:
     """What identifies the source's content (sha256 of its bytes; of every file, for folders), and a
     row count estimate for progress bars (lines, or the table's row count)."""
     kind = source_kind(spec)
-    if kind == "pydocs":
+    if kind in ("pydocs", "pydocs-modules"):
         return {"kind": kind, "python": sys.version.split()[0]}
     if kind == "hub":
         return {"kind": kind, "id": spec.path, "config": spec.hf_config, "split": spec.hf_split or "train"}

@@ -64,6 +64,21 @@ def plot_stages(stages: list[tuple[str, int]], path: Path) -> bytes:
     return _save(fig, plt, path)
 
 
+def plot_labels(labels: dict[str, dict[str, int]], path: Path) -> bytes:
+    """Grouped bars: rows of each label in each split; PNG bytes."""
+    plt = _figure()
+    names = list(labels)
+    fig, ax = plt.subplots(figsize=(min(12, 2 + 0.6 * len(names)), 3.4), dpi=100)
+    width = 0.8 / len(SPLITS)
+    for i, split in enumerate(SPLITS):
+        ax.bar(np.arange(len(names)) + (i - 1) * width, [labels[n][split] for n in names], width, label=split)
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("rows")
+    ax.set_title("Rows per label and split")
+    ax.legend(fontsize=8)
+    return _save(fig, plt, path)
+
+
 def _save(fig, plt, path: Path) -> bytes:
     fig.tight_layout()
     buffer = io.BytesIO()

@@ -34,6 +34,17 @@ from transformers import pipeline
 classifier = pipeline("text-classification", model="{path}")
 print(classifier("the text to classify", top_k=None))  # every label with its score
 ```""",
+    "onnx_head": """```python
+import onnxruntime
+from transformers import AutoTokenizer
+
+tokenizer = AutoTokenizer.from_pretrained("{path}")
+session = onnxruntime.InferenceSession("{path}/model.onnx")
+inputs = tokenizer(["the text to classify"], return_tensors="np")
+logits = session.run(None, {{i.name: inputs[i.name] for i in session.get_inputs()}})[0]
+```
+
+Checked against PyTorch on {rows} test rows: largest logit difference {max_abs_difference:.1e} (tolerance {tolerance:g}).""",
     "adapter_head": """```python
 from peft import AutoPeftModelForSequenceClassification
 from transformers import AutoTokenizer
@@ -53,9 +64,9 @@ def model_card(run_dir: Path, recipe: Recipe, fmt: str, out: Path, extra: dict |
     entry = CATALOG.get(recipe.model.name)
     base = entry.hub_id if entry else recipe.model.name
     licence = entry.licence if entry else "unknown"
-    tags = ["tuneforge", recipe.method] + (["gguf"] if fmt == "gguf" else [])
+    tags = ["tuneforge", recipe.method] + ([fmt] if fmt in ("gguf", "onnx") else [])
     lines = ["---", f"base_model: {base}", f"license: {licence.lower()}",
-             f"library_name: {'peft' if fmt == 'adapter' else 'transformers' if fmt == 'hf' else 'gguf'}",
+             f"library_name: {dict(adapter='peft', hf='transformers', gguf='gguf', onnx='onnx')[fmt]}",
              "tags:", *(f"- {t}" for t in tags), "---", "",
              f"# {run_dir.name}", "",
              f"{base} fine-tuned with tuneforge ({recipe.method}, {summary['steps']} steps) on "

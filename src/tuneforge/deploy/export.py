@@ -1,9 +1,11 @@
-"""`tuneforge export RUN --format hf | adapter | gguf`: a run's model in the form other tools load.
+"""`tuneforge export RUN --format hf | adapter | gguf | onnx`: a run's model in the form other tools load.
 
 hf: the adapter merged into the base (transformers, vLLM, TGI); adapter: the PEFT adapter alone (PEFT,
-vLLM --lora-modules); gguf: one llama.cpp file (llama.cpp, Ollama, LM Studio). Each export is a folder
-with a model card; it is written next to its final place and renamed, so an interrupted export leaves
-nothing behind and an existing path is never replaced unless --overwrite says so.
+vLLM --lora-modules); gguf: one llama.cpp file (llama.cpp, Ollama, LM Studio); onnx: a classification
+or regression model as one ONNX graph (onnxruntime), checked against PyTorch (deploy/onnx.py). Each
+export is a folder with a model card; it is written next to its final place and renamed, so an
+interrupted export leaves nothing behind and an existing path is never replaced unless --overwrite
+says so.
 """
 
 import json
@@ -20,7 +22,7 @@ from tuneforge.recipe import load_recipe
 from tuneforge.run_folder import open_run
 from tuneforge.tasks import get_task
 
-FORMATS = ("hf", "adapter", "gguf")
+FORMATS = ("hf", "adapter", "gguf", "onnx")
 
 
 def default_out(run_dir: Path, fmt: str, quant: str) -> Path:
@@ -40,9 +42,13 @@ def export_run(run_dir: Path, fmt: str, out: Path | None = None, quant: str = "f
         raise UserError(f"--quant: {quant!r} is not one of {', '.join(gguf.QUANTS)}.")
     method = get_method(recipe.method)
     adapter = method.adapter
-    if fmt == "gguf" and get_task(recipe.task).head:
+    head = get_task(recipe.task).head
+    if fmt == "gguf" and head:
         raise UserError(f"{run_dir}: --format gguf is for generative models (llama.cpp, Ollama); a {recipe.task} "
-                        "run's head exports with --format hf (transformers' pipeline) or --format adapter.")
+                        "run's head exports with --format hf (transformers' pipeline), onnx or adapter.")
+    if fmt == "onnx" and not head:
+        raise UserError(f"{run_dir}: --format onnx is for classification and regression runs; a {recipe.task} run "
+                        "exports with --format hf, adapter or gguf.")
     if fmt == "adapter" and not adapter:
         raise UserError(f"{run_dir}: a {recipe.method} run changed the model's own weights, so it has no adapter; "
                         "export it with --format hf or --format gguf.")
@@ -75,6 +81,17 @@ def _write(run_dir: Path, recipe, fmt: str, quant: str, folder: Path, adapter: b
     if fmt == "hf":
         _merged(run_dir, recipe, folder, adapter)
         return {}
+    if fmt == "onnx":
+        from tuneforge.data.prepare import read_split
+        from tuneforge.deploy.onnx import export_onnx
+
+        hf_dir = folder.with_name(f"{folder.name}-hf")
+        try:
+            _merged(run_dir, recipe, hf_dir, adapter)
+            texts = [r["text"] for r in read_split(run_dir / "data", "test")][:64]
+            return export_onnx(hf_dir, folder, texts)
+        finally:
+            shutil.rmtree(hf_dir, ignore_errors=True)
     folder.mkdir()
     name = f"{run_dir.name}-{quant}.gguf"
     hf_dir = folder / "hf"

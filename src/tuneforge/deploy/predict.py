@@ -13,8 +13,7 @@ from tqdm import tqdm
 
 from tuneforge.data.sources import read_source
 from tuneforge.errors import RowError, UserError
-from tuneforge.evaluate.heads import prediction
-from tuneforge.inference.heads import ROWS_PER_BATCH, HeadModel
+from tuneforge.inference.heads import ROWS_PER_BATCH, HeadModel, prediction
 from tuneforge.recipe import SourceSpec
 from tuneforge.tasks import get_task
 from tuneforge.tasks.labelled import MULTI, REGRESSION

@@ -26,7 +26,7 @@ from tuneforge.evaluate.head_metrics import (
 )
 from tuneforge.evaluate.metrics import paired_bootstrap
 from tuneforge.evaluate.probe import linear_probe, majority
-from tuneforge.inference.heads import HeadModel
+from tuneforge.inference.heads import HeadModel, prediction
 from tuneforge.tasks.labelled import MULTI, REGRESSION
 
 HEADLINE = {"single_label_classification": ("accuracy", "macro_f1", "weighted_f1", "ece"),
@@ -110,16 +110,6 @@ def _write_predictions(path: Path, test: list[dict], outputs: dict, classes, thr
             for name, out in outputs.items():
                 record[name] = prediction(out[i], classes, threshold)
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
-
-
-def prediction(output, classes, threshold: float = 0.5) -> dict:
-    """One row's output as a record: the label (or labels, or value) and the score of each class."""
-    if classes.problem == REGRESSION:
-        return {"value": round(float(output), 5)}
-    scores = {name: round(float(p), 5) for name, p in zip(classes.names, output)}
-    if classes.problem == MULTI:
-        return {"labels": [n for n, p in zip(classes.names, output) if p > threshold], "scores": scores}
-    return {"label": classes.names[int(np.argmax(output))], "score": round(float(np.max(output)), 5), "scores": scores}
 
 
 def _plots(out_dir: Path, metrics: dict, y: np.ndarray, outputs: dict) -> list[tuple[str, str]]:

@@ -95,6 +95,16 @@ class HeadModel:
         return AutoModel.from_pretrained(self.base_dir, dtype=torch.float32).to(self.device).eval()
 
 
+def prediction(output, classes, threshold: float = 0.5) -> dict:
+    """One row's output as a record: the label (or labels, or value) and the score of each class."""
+    if classes.problem == REGRESSION:
+        return {"value": round(float(output), 5)}
+    scores = {name: round(float(p), 5) for name, p in zip(classes.names, output)}
+    if classes.problem == MULTI:
+        return {"labels": [n for n, p in zip(classes.names, output) if p > threshold], "scores": scores}
+    return {"label": classes.names[int(np.argmax(output))], "score": round(float(np.max(output)), 5), "scores": scores}
+
+
 def _encoder(model):
     """The transformer under a head (bert, roberta, model, ...), through a PEFT wrapper."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -105,7 +115,7 @@ def _unlabelled(row: dict, classes: Classes) -> dict:
     """A row to predict for: its label, when it has one, is not read (a placeholder target is encoded)."""
     placeholder = [classes.names[0]] if classes.problem == MULTI else (0.0 if classes.problem == REGRESSION
                                                                        else classes.names[0])
-    return {**row, "label": placeholder}
+    return {"id": "", **row, "label": placeholder}
 
 
 def _to(batch: dict, device: str) -> dict:

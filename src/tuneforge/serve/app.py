@@ -1,6 +1,7 @@
 """The OpenAI-compatible HTTP API (FastAPI) over the engine: models, chat completions, completions
 (streaming or not), feedback, the request log and the web playground."""
 
+import base64
 import json
 import secrets
 import time
@@ -10,14 +11,22 @@ from importlib import resources
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 
+from tuneforge.inference.heads import prediction
 from tuneforge.json_text import MAX_NESTING
 from tuneforge.serve.auth import RequireKey
 from tuneforge.serve.body import parse_body, read_body
 from tuneforge.serve.call import Call, chat_chunk, completion_chunk, sse
 from tuneforge.serve.engine import Engine, Sampling
 from tuneforge.serve.errors import APIError, install_handlers
+from tuneforge.serve.heads import HeadServer
 from tuneforge.serve.models import ModelPool
-from tuneforge.serve.schemas import ChatRequest, CompletionRequest, FeedbackRequest
+from tuneforge.serve.schemas import (
+    ChatRequest,
+    ClassifyRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    FeedbackRequest,
+)
 from tuneforge.serve.store import Store
 
 
@@ -45,17 +54,20 @@ def create_app(pool: ModelPool, engine: Engine, store: Store, api_key: str | Non
 
     @app.get("/health")
     async def health():
-        state = {"status": "ok" if engine.running else "engine stopped", "models": list(pool.served),
+        state = {"status": "ok" if engine.running else "engine stopped", "models": [*pool.served, *pool.heads],
                  "device": pool.device, "precision": pool.precision, "max_tokens_limit": limits.max_tokens,
                  "api_key_required": bool(api_key)}
         return JSONResponse(state, status_code=200 if engine.running else 503)
 
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [_model_card(s) for s in pool.served.values()]}
+        return {"object": "list", "data": [_model_card(s) for s in pool.served.values()]
+                + [_head_card(h) for h in pool.heads.values()]}
 
     @app.get("/v1/models/{name:path}")
     async def model(name: str):
+        if name in pool.heads:
+            return _head_card(pool.heads[name])
         return _model_card(pool.served[_known(pool, name)])
 
     async def read(request: Request, schema):
@@ -117,6 +129,44 @@ def create_app(pool: ModelPool, engine: Engine, store: Store, api_key: str | Non
             {"index": i, "text": (texts[i // body.n] if body.echo else "") + r.text, "logprobs": r.logprobs,
              "finish_reason": r.reason} for i, r in enumerate(results)], "usage": call.usage(results)}
 
+    async def head_rows(request: Request, schema) -> tuple[object, str, list[dict], HeadServer]:
+        body = parse_body(await read_body(request, limits.max_body_bytes), schema, limits.max_depth)
+        if body.model not in pool.heads:
+            _known(pool, body.model)  # 404 for a name served nowhere
+            raise APIError(400, f"model: `{body.model}` generates text; {request.url.path} serves classification and "
+                                f"regression runs ({', '.join(pool.heads) or 'none here'}).", "model")
+        texts = [body.input] if isinstance(body.input, str) else body.input
+        pairs = getattr(body, "text_pair", None)
+        pairs = None if pairs is None else [pairs] if isinstance(pairs, str) else pairs
+        if pairs is not None and len(pairs) != len(texts):
+            raise APIError(400, f"text_pair: {len(pairs)} texts for {len(texts)} inputs; give one per input.",
+                           "text_pair")
+        if len(texts) > limits.max_rows:
+            raise APIError(400, f"input: {len(texts)} texts, more than this server's {limits.max_rows} per request; "
+                                "split the request.", "input")
+        rows = [{"text": t, **({"text_pair": pairs[i]} if pairs else {})} for i, t in enumerate(texts)]
+        return body, body.model, rows, pool.heads[body.model]
+
+    @app.post("/v1/classify")
+    async def classify(request: Request):
+        body, name, rows, head = await head_rows(request, ClassifyRequest)
+        outputs = await head.run("classify", rows)
+        classes = head.model.classes
+        return {"object": "list", "model": name, "task": head.model.recipe.task,
+                "data": [{"index": i, **prediction(o, classes, head.model.recipe.head.threshold)}
+                         for i, o in enumerate(outputs)],
+                "usage": _head_usage(head, rows)}
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request):
+        body, name, rows, head = await head_rows(request, EmbeddingRequest)
+        vectors = await head.run("embed", rows)
+        encode = (lambda v: base64.b64encode(v.astype("<f4").tobytes()).decode()) if body.encoding_format == "base64" \
+            else (lambda v: [round(float(x), 7) for x in v])
+        return {"object": "list", "model": name,
+                "data": [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(vectors)],
+                "usage": _head_usage(head, rows)}
+
     @app.post("/v1/feedback")
     async def feedback(request: Request):
         body = parse_body(await read_body(request, limits.max_body_bytes), FeedbackRequest, limits.max_depth)
@@ -139,10 +189,27 @@ def create_app(pool: ModelPool, engine: Engine, store: Store, api_key: str | Non
 
 
 def _known(pool: ModelPool, name: str) -> str:
+    """A generative model's name; a head run's is refused (400), any other unknown (404)."""
+    if name in pool.heads:
+        raise APIError(400, f"model: `{name}` is a {pool.heads[name].model.recipe.task} run; it answers POST "
+                            "/v1/classify and /v1/embeddings, not text generation.", "model")
     if name not in pool.served:
-        raise APIError(404, f"The model `{name}` does not exist here. Served: {', '.join(pool.served)}.", "model",
-                       "model_not_found")
+        raise APIError(404, f"The model `{name}` does not exist here. Served: {', '.join([*pool.served, *pool.heads])}.",
+                       "model", "model_not_found")
     return name
+
+
+def _head_card(head: HeadServer) -> dict:
+    m = head.model
+    return {"id": head.run_dir.name, "object": "model", "created": int((head.run_dir / "model").stat().st_mtime),
+            "owned_by": "tuneforge", "root": m.recipe.model.name, "parent": m.recipe.model.name,
+            "method": m.recipe.method, "task": m.recipe.task, "labels": m.classes.names}
+
+
+def _head_usage(head: HeadServer, rows: list[dict]) -> dict:
+    tokenizer, limit = head.model.tokenizer, head.model.recipe.data.max_length
+    tokens = sum(min(len(tokenizer(r["text"], r.get("text_pair"))["input_ids"]), limit) for r in rows)
+    return {"prompt_tokens": tokens, "total_tokens": tokens}
 
 
 def _model_card(served) -> dict:

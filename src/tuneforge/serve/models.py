@@ -1,5 +1,6 @@
 """The models a server holds: each run's tuned model, with runs that share a base model served as
-adapters over one copy of it (and that base model served under its own name)."""
+adapters over one copy of it (and that base model served under its own name); classification and
+regression runs each behind their own batching worker (serve/heads.py)."""
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,8 @@ from tuneforge.recipe import load_recipe
 from tuneforge.run_folder import open_run
 from tuneforge.runtime import attention
 from tuneforge.runtime.hardware import autocast, choose_precision, detect_device
+from tuneforge.serve.heads import HeadServer
+from tuneforge.tasks import get_task
 
 
 @dataclass
@@ -36,6 +39,7 @@ class ModelPool:
         self._adapter: dict[str, str | None] = {}  # served name -> adapter to switch on (None: adapters off)
         self.tokenizers: dict[str, object] = {}
         self.eos_ids: dict[str, set[int]] = {}
+        self.heads: dict[str, HeadServer] = {}  # classification / regression runs, by name
         runs = [open_run(p) for p in run_dirs]
         names = [p.name for p in runs]
         if len(set(names)) < len(names):
@@ -50,9 +54,14 @@ class ModelPool:
             if not get_method(recipe.method).servable:
                 raise UserError(f"{run_dir}: prompt-tuning runs are not served yet (their soft prompt does not "
                                 f"combine with a shared KV cache); try it with: tuneforge chat {run_dir}")
-        for base in sorted({r.model.name for r in recipes.values()}):
-            self._load_group(base, [p for p in runs if recipes[p].model.name == base], recipes)
-        self.max_context = min(getattr(m.config, "max_position_embeddings", 1 << 30) for m in self._models.values())
+        for run_dir, recipe in recipes.items():
+            if get_task(recipe.task).head:
+                self.heads[run_dir.name] = HeadServer(run_dir, self.precision)
+        generative = {p: r for p, r in recipes.items() if p.name not in self.heads}
+        for base in sorted({r.model.name for r in generative.values()}):
+            self._load_group(base, [p for p in generative if generative[p].model.name == base], generative)
+        self.max_context = min((getattr(m.config, "max_position_embeddings", 1 << 30) for m in self._models.values()),
+                               default=1 << 30)
 
     def _load_group(self, base: str, runs: list[Path], recipes: dict) -> None:
         adapters = [p for p in runs if get_method(recipes[p].method).adapter]

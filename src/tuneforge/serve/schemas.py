@@ -208,3 +208,38 @@ class FeedbackRequest(Strict):
     rating: Literal["up", "down"] | None = None
     correction: str | None = Field(None, description="what the answer should have been")
     comment: str | None = None
+
+
+class _Texts(Strict):
+    @field_validator("input", "text_pair", check_fields=False)
+    @classmethod
+    def _texts(cls, value):
+        texts = [value] if isinstance(value, str) else value
+        if texts is not None and (not texts or not all(t.strip() for t in texts)):
+            raise refused("give a text or a non-empty list of non-empty texts.")
+        return value
+
+
+class ClassifyRequest(_Texts):
+    """/v1/classify: a classification or regression run's labels and scores (or values) for texts."""
+
+    model: str
+    input: str | list[str]
+    text_pair: str | list[str] | None = None  # the second text of each pair, for runs trained on pairs
+
+
+class EmbeddingRequest(_Texts):
+    """OpenAI's /v1/embeddings, for the encoder of a classification or regression run."""
+
+    model: str
+    input: str | list[str]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
+    user: str | None = None
+
+    @field_validator("dimensions")
+    @classmethod
+    def _no_dimensions(cls, value):
+        if value is not None:
+            raise refused("dimensions: the encoder's embeddings have one size; leave dimensions out.")
+        return value

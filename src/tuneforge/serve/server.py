@@ -35,7 +35,7 @@ def serve(run_dirs: list[Path], host: str, port: int, db: Path | None, api_key: 
     _check_port(host, port)
     db = db or run_dirs[0].parent / "requests.sqlite"
     app, engine, store = build(run_dirs, db, api_key, precision, limits, max_batch, start=False, max_queue=max_queue)
-    names = ", ".join(app.state.pool.served)
+    names = ", ".join([*app.state.pool.served, *app.state.pool.heads])
     where = f"http://{host}:{port}"
     print(f"Serving {names} at {where}/v1 (OpenAI-compatible); playground: {where}/ ; request log: {db}"
           + ("; API key required" if api_key else ""), flush=True)

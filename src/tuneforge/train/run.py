@@ -129,7 +129,7 @@ def plan_training(recipe: Recipe, prepared: Path | None = None) -> Setup:
     recipe.train.micro_batch_size = plan.micro_batch
     recipe.train.max_steps = plan.total_steps
     if d.main:
-        print(f"Plan ({recipe.method} on {model_dir.name}, {device}, {precision}):\n"
+        print(f"Plan ({recipe.method} on {Path(recipe.model.name).name}, {device}, {precision}):\n"
               f"{format_plan(plan, shape, cfg.packing)}")
     setup = Setup(recipe, tokenizer, prepared, data, shape, plan)
     setup.trainee = Trainee(None, None, None, {}, None, None, tokenizer.pad_token_id, device, precision, d, task)

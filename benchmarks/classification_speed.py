@@ -1,0 +1,192 @@
+"""Text-classification training speed: tuneforge against transformers' Trainer with
+AutoModelForSequenceClassification, same model, data, order, batch and steps.
+
+    .venv/bin/python benchmarks/classification_speed.py                    # ~5 min on 2 cores
+    .venv/bin/python benchmarks/classification_speed.py --steps 20 --repeats 3
+
+The data is the text-classification demo's (pydocs-modules: standard-library docstrings labelled with
+their package, prepared by tuneforge, so both trainers get the same training rows in the same order);
+the model the bundled all-MiniLM-L6-v2 with a new head, fine-tuned in full. Each configuration runs in
+a fresh process, configurations alternating per round:
+  tuneforge       `tuneforge train`'s code path (plan_training, load_trainee, train_step), defaults
+                  (bf16 autocast on a CPU with bf16 instructions; micro-batches sorted by length);
+  tuneforge fp32  the same with train.precision fp32;
+  trainer         transformers.Trainer, its defaults for this job (DataCollatorWithPadding: each batch
+                  padded to its longest row) with bf16=True on the CPU (use_cpu), the same precision;
+  trainer fp32    the same with bf16=False (Trainer's default on a CPU).
+Shared: AdamW, learning rate 1e-4, constant schedule, grad-norm clip 1.0, dropout as the model's
+config, max length --max-length, --batch examples a step, --steps timed steps after --warmup.
+
+Reported: examples/s over the timed steps, peak RSS of the process, and the validation loss of the
+trained model on the same 128 validation rows (the same function for both). Writes
+benchmarks/results/classification_speed.{json,md}.
+"""
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "pydocs-modules-classification.yaml"
+CONFIGS = {"tuneforge": ("tuneforge", "auto"), "tuneforge fp32": ("tuneforge", "fp32"),
+           "trainer": ("trainer", True), "trainer fp32": ("trainer", False)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", default=",".join(CONFIGS), help=f"a subset of: {', '.join(CONFIGS)}")
+    parser.add_argument("--steps", type=int, default=30, help="timed optimizer steps (default 30)")
+    parser.add_argument("--warmup", type=int, default=3, help="steps run first and not timed (default 3)")
+    parser.add_argument("--batch", type=int, default=16, help="examples per optimizer step (default 16)")
+    parser.add_argument("--max-length", type=int, default=128, help="tokens per example at most (default 128)")
+    parser.add_argument("--repeats", type=int, default=1, help="rounds over the configurations; medians reported")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        job = json.loads(args.worker)
+        print(json.dumps((run_ours if job["trainer"] == "tuneforge" else run_trainer)(job)))
+        return
+    runs = []
+    for round_ in range(args.repeats):
+        for name in args.configs.split(","):
+            trainer, option = CONFIGS[name]
+            job = {"name": name, "trainer": trainer, "option": option, "steps": args.steps, "warmup": args.warmup,
+                   "batch": args.batch, "max_length": args.max_length}
+            result = _spawn(job)
+            runs.append(result)
+            print(f"[round {round_ + 1}] {name}: {result['examples_per_s']} examples/s, peak RSS "
+                  f"{result['peak_rss_gib']} GiB, val loss {result['val_loss']}", flush=True)
+    rows = _medians(runs)
+    table = _table(rows, args)
+    print("\n" + table)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "classification_speed.json").write_text(json.dumps({"args": vars(args), "runs": runs,
+                                                                   "medians": rows}, indent=1) + "\n")
+    (RESULTS / "classification_speed.md").write_text(table + "\n")
+    print(f"\nWrote {RESULTS / 'classification_speed.json'} and {RESULTS / 'classification_speed.md'}")
+
+
+def _spawn(job: dict) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--worker", json.dumps(job)], capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"{job['name']} failed:\n{out.stderr[-4000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def benchmark_setup(job: dict, precision: str):
+    """tuneforge's setup for the demo recipe at this batch and length: the same prepared rows and
+    encoding for both trainers."""
+    from tuneforge.recipe import load_recipe
+    from tuneforge.train.run import plan_training
+
+    total = job["warmup"] + job["steps"]
+    recipe = load_recipe(RECIPE, [f"train.global_batch_size={job['batch']}", f"data.max_length={job['max_length']}",
+                                  f"train.max_steps={total}", "train.schedule=constant", "train.warmup_ratio=0",
+                                  f"train.precision={precision}", "train.compile=false"])
+    return plan_training(recipe)
+
+
+def _finish(job: dict, model, pad_id: int, times: list[float], setup, precision: str) -> dict:
+    from tuneforge.runtime.hardware import autocast
+    from tuneforge.train.loss import evaluate_loss
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # training's peak, before validation
+    seconds = times[-1] - times[job["warmup"] - 1]
+    task = setup.trainee.task
+    loss_model = task.loss_model(model, setup.recipe, setup.data.encoded["train"])
+    val = setup.data.encoded["val"][:128]
+    loss = evaluate_loss(loss_model, val, 16, pad_id, "cpu", lambda: autocast("cpu", precision)).loss
+    return {"name": job["name"], "precision": precision, "examples_per_s": round(job["steps"] * job["batch"] / seconds, 1),
+            "s_per_step": round(seconds / job["steps"], 3), "peak_rss_gib": round(rss, 2), "val_loss": round(loss, 4)}
+
+
+def _step_indices(job: dict) -> list[list[int]]:
+    return [list(range(s * job["batch"], (s + 1) * job["batch"])) for s in range(job["warmup"] + job["steps"])]
+
+
+def run_ours(job: dict) -> dict:
+    from tuneforge.train.loop import train_step
+    from tuneforge.train.run import load_trainee
+
+    setup = benchmark_setup(job, job["option"])
+    t = load_trainee(setup)
+    encoded, times = setup.data.encoded["train"], []
+    for indices in _step_indices(job):
+        train_step(t, encoded, indices, setup.plan, setup.recipe)
+        times.append(time.perf_counter())
+    return _finish(job, t.model, t.pad_id, times, setup, t.precision)
+
+
+def run_trainer(job: dict) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import (
+        AutoModelForSequenceClassification,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
+
+    from tuneforge.models.loader import resolve_model
+
+    setup = benchmark_setup(job, "fp32")
+    encoded = setup.data.encoded["train"]
+    order = [i for step in _step_indices(job) for i in step]  # the same rows in the same order as ours
+    rows = [{"input_ids": encoded[i].input_ids, "token_type_ids": encoded[i].token_type_ids,
+             "labels": encoded[i].target} for i in order]
+    names = setup.data.classes.names
+    torch.manual_seed(setup.recipe.seed)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        resolve_model(setup.recipe.model.name), num_labels=len(names), id2label=dict(enumerate(names)),
+        label2id={n: i for i, n in enumerate(names)}, dtype=torch.float32)
+    times = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            times.append(time.perf_counter())
+
+    with tempfile.TemporaryDirectory() as out:
+        args = TrainingArguments(output_dir=out, per_device_train_batch_size=job["batch"], num_train_epochs=1,
+                                 learning_rate=1e-4, lr_scheduler_type="constant", weight_decay=0.0, max_grad_norm=1.0,
+                                 train_sampling_strategy="sequential", save_strategy="no", report_to=[], logging_steps=10,
+                                 seed=setup.recipe.seed, dataloader_num_workers=0, disable_tqdm=True, use_cpu=True,
+                                 bf16=job["option"])
+        trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_list(rows), callbacks=[Clock()],
+                          data_collator=DataCollatorWithPadding(setup.tokenizer))
+        trainer.train()
+    return _finish(job, model, setup.tokenizer.pad_token_id, times, setup, "bf16" if job["option"] else "fp32")
+
+
+def _medians(runs: list[dict]) -> list[dict]:
+    keys = ["examples_per_s", "s_per_step", "peak_rss_gib", "val_loss"]
+    rows = []
+    for name in dict.fromkeys(r["name"] for r in runs):
+        same = [r for r in runs if r["name"] == name]
+        rows.append({**same[0], **{k: round(statistics.median(r[k] for r in same), 4) for k in keys},
+                     "repeats": len(same)})
+    return rows
+
+
+def _table(rows: list[dict], args) -> str:
+    base = {r["precision"]: r for r in rows if r["name"].startswith("trainer")}
+    lines = [f"all-MiniLM-L6-v2, full fine-tuning, pydocs-modules, batch {args.batch}, max length {args.max_length}, "
+             f"{args.steps} timed steps after {args.warmup}, medians of {args.repeats}", "",
+             "| trainer | precision | examples/s | vs Trainer (same precision) | s/step | peak RSS GiB | val loss |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        other = base.get(r["precision"])
+        ratio = f"{r['examples_per_s'] / other['examples_per_s']:.2f}x" if other and other is not r else "1.00x"
+        lines.append(f"| {r['name']} | {r['precision']} | {r['examples_per_s']} | {ratio} | {r['s_per_step']} | "
+                     f"{r['peak_rss_gib']} | {r['val_loss']} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""`tuneforge export RUN --format onnx` for a classification / regression run: the merged model as one
+ONNX graph (torch.onnx's exporter over torch.export, batch and sequence length dynamic) that maps
+input_ids, attention_mask (and token_type_ids) to logits, with the tokenizer and config next to it.
+
+The export is checked before it is kept: onnxruntime and PyTorch run the same test rows, and the
+logits must agree within TOLERANCE, or nothing is written."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tuneforge.errors import UserError
+
+TOLERANCE = 1e-4
+OPSET = 18
+
+
+def export_onnx(hf_dir: Path, folder: Path, check_texts: list[str]) -> dict:
+    """Write folder/model.onnx from the transformers folder `hf_dir`; returns what the check measured."""
+    import onnxruntime
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(hf_dir)
+    sample = tokenizer(["a short text", "a longer text, so that the batch has padding in it"], padding=True,
+                       return_tensors="pt")
+    names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in sample]
+    batch, length = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    folder.mkdir(parents=True)
+    print("Exporting to ONNX ...", flush=True)
+    torch.onnx.export(_Logits(model), tuple(sample[n] for n in names), folder / "model.onnx", input_names=names,
+                      output_names=["logits"], dynamic_shapes={n: {0: batch, 1: length} for n in names},
+                      opset_version=OPSET, dynamo=True, optimize=True, verbose=False)
+    tokenizer.save_pretrained(folder)
+    model.config.save_pretrained(folder)
+    check = _check(model, tokenizer, folder / "model.onnx", names, check_texts or ["a text"],
+                   onnxruntime.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"]))
+    (folder / "onnx_check.json").write_text(json.dumps(check, indent=1) + "\n")
+    return check
+
+
+class _Logits(torch.nn.Module):
+    """The model with tensors in and logits out, the form torch.export traces."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits
+
+
+@torch.no_grad()
+def _check(model, tokenizer, path: Path, names: list[str], texts: list[str], session) -> dict:
+    worst = 0.0
+    for i in range(0, len(texts), 16):
+        enc = tokenizer(texts[i:i + 16], padding=True, truncation=True, max_length=512, return_tensors="np")
+        theirs = session.run(None, {n: enc[n].astype(np.int64) for n in names})[0]
+        ours = model(**{n: torch.from_numpy(enc[n].astype(np.int64)) for n in names}).logits.numpy()
+        worst = max(worst, float(np.abs(theirs - ours).max()))
+    if worst > TOLERANCE:
+        raise UserError(f"{path}: onnxruntime's logits differ from PyTorch's by up to {worst:.2e} (more than "
+                        f"{TOLERANCE:g}) on {len(texts)} test rows; the export was not kept. Export --format hf.")
+    return {"rows": len(texts), "max_abs_difference": worst, "tolerance": TOLERANCE, "opset": OPSET}
