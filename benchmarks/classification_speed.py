@@ -46,6 +46,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16, help="examples per optimizer step (default 16)")
     parser.add_argument("--max-length", type=int, default=128, help="tokens per example at most (default 128)")
     parser.add_argument("--repeats", type=int, default=1, help="rounds over the configurations; medians reported")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="a recipe key for the tuneforge runs (for instance train.micro_batch_size=16)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -57,7 +59,7 @@ def main() -> None:
         for name in args.configs.split(","):
             trainer, option = CONFIGS[name]
             job = {"name": name, "trainer": trainer, "option": option, "steps": args.steps, "warmup": args.warmup,
-                   "batch": args.batch, "max_length": args.max_length}
+                   "batch": args.batch, "max_length": args.max_length, "overrides": args.overrides}
             result = _spawn(job)
             runs.append(result)
             print(f"[round {round_ + 1}] {name}: {result['examples_per_s']} examples/s, peak RSS "
@@ -88,7 +90,7 @@ def benchmark_setup(job: dict, precision: str):
     total = job["warmup"] + job["steps"]
     recipe = load_recipe(RECIPE, [f"train.global_batch_size={job['batch']}", f"data.max_length={job['max_length']}",
                                   f"train.max_steps={total}", "train.schedule=constant", "train.warmup_ratio=0",
-                                  f"train.precision={precision}", "train.compile=false"])
+                                  f"train.precision={precision}", "train.compile=false", *job["overrides"]])
     return plan_training(recipe)
 
 
@@ -136,7 +138,7 @@ def run_trainer(job: dict) -> dict:
 
     from tuneforge.models.loader import resolve_model
 
-    setup = benchmark_setup(job, "fp32")
+    setup = benchmark_setup({**job, "overrides": []}, "fp32")
     encoded = setup.data.encoded["train"]
     order = [i for step in _step_indices(job) for i in step]  # the same rows in the same order as ours
     rows = [{"input_ids": encoded[i].input_ids, "token_type_ids": encoded[i].token_type_ids,

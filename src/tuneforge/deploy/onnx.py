@@ -5,7 +5,10 @@ input_ids, attention_mask (and token_type_ids) to logits, with the tokenizer and
 The export is checked before it is kept: onnxruntime and PyTorch run the same test rows, and the
 logits must agree within TOLERANCE, or nothing is written."""
 
+import contextlib
 import json
+import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -30,15 +33,31 @@ def export_onnx(hf_dir: Path, folder: Path, check_texts: list[str]) -> dict:
     batch, length = torch.export.Dim("batch"), torch.export.Dim("sequence")
     folder.mkdir(parents=True)
     print("Exporting to ONNX ...", flush=True)
-    torch.onnx.export(_Logits(model), tuple(sample[n] for n in names), folder / "model.onnx", input_names=names,
-                      output_names=["logits"], dynamic_shapes={n: {0: batch, 1: length} for n in names},
-                      opset_version=OPSET, dynamo=True, optimize=True, verbose=False)
+    with _quiet():
+        torch.onnx.export(_Logits(model).eval(), tuple(sample[n] for n in names), folder / "model.onnx",
+                          input_names=names, output_names=["logits"],
+                          dynamic_shapes={n: {0: batch, 1: length} for n in names}, opset_version=OPSET,
+                          dynamo=True, optimize=True, verbose=False)
     tokenizer.save_pretrained(folder)
     model.config.save_pretrained(folder)
     check = _check(model, tokenizer, folder / "model.onnx", names, check_texts or ["a text"],
                    onnxruntime.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"]))
     (folder / "onnx_check.json").write_text(json.dumps(check, indent=1) + "\n")
     return check
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The exporter's notes that do not concern this model (torchvision's ops missing, axis renames)."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 class _Logits(torch.nn.Module):
