@@ -44,6 +44,15 @@ def open_run(path: str | Path) -> Path:
     return path
 
 
+def finished_model(run_dir: Path) -> Path:
+    """The model/ folder of a run that finished training; UserError (with how to continue) otherwise."""
+    model_dir = run_dir / "model"
+    if not model_dir.is_dir():
+        raise UserError(f"{run_dir}: has no model/ yet (training did not finish). "
+                        f"Continue it with: tuneforge train --resume {run_dir}")
+    return model_dir
+
+
 def append_metrics(run_dir: Path, record: dict) -> None:
     with (run_dir / "metrics.jsonl").open("a") as f:
         f.write(json.dumps(record) + "\n")

@@ -34,12 +34,7 @@ def loss_curves(runs: dict[str, Path], path: Path) -> Path | None:
         return None
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss (answer tokens)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, ax)
 
 
 def metric_intervals(metrics: dict, models: list[str], names: list[str], labels: dict[str, str], path: Path) -> Path:
@@ -57,10 +52,7 @@ def metric_intervals(metrics: dict, models: list[str], names: list[str], labels:
         ax.set_xticks(range(len(models)), models, rotation=30, ha="right", fontsize=8)
         ax.set_title(labels.get(name, name), fontsize=9)
         ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def example_deltas(deltas: list[float], metric: str, path: Path) -> Path:
@@ -71,10 +63,7 @@ def example_deltas(deltas: list[float], metric: str, path: Path) -> Path:
     ax.axvline(0, color="black", linewidth=1)
     ax.set_xlabel(f"{metric}: tuned minus base, per test example")
     ax.set_ylabel("examples")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def confusion_matrix(confusion: list[list[int]], names: list[str], path: Path) -> Path:
@@ -93,10 +82,7 @@ def confusion_matrix(confusion: list[list[int]], names: list[str], path: Path) -
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     fig.colorbar(image, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def reliability(curves: dict[str, list[dict]], path: Path) -> Path:
@@ -110,12 +96,7 @@ def reliability(curves: dict[str, list[dict]], path: Path) -> Path:
     ax.set_ylabel("accuracy")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, ax)
 
 
 def predicted_vs_true(true: list[float], predicted: dict[str, list[float]], path: Path) -> Path:
@@ -128,8 +109,14 @@ def predicted_vs_true(true: list[float], predicted: dict[str, list[float]], path
         ax.scatter(true, values, s=10, alpha=0.6, color=f"C{i}", label=name)
     ax.set_xlabel("true")
     ax.set_ylabel("predicted")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    return _save(plt, fig, path, ax)
+
+
+def _save(plt, fig, path: Path, legend_ax=None) -> Path:
+    """Write the figure (with a grid and legend on `legend_ax`) as a PNG and close it."""
+    if legend_ax is not None:
+        legend_ax.grid(alpha=0.3)
+        legend_ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -9,11 +9,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tuneforge.errors import UserError
 from tuneforge.methods import get_method
 from tuneforge.models.loader import load_tokenizer, resolve_model
 from tuneforge.recipe import load_recipe
-from tuneforge.run_folder import open_run
+from tuneforge.run_folder import finished_model, open_run
 from tuneforge.runtime.hardware import autocast, choose_precision, detect_device
 from tuneforge.tasks import get_task
 from tuneforge.tasks.labelled import MULTI, REGRESSION, Classes, collate_labelled
@@ -26,10 +25,7 @@ class HeadModel:
         import transformers
 
         self.run_dir = open_run(run_dir)
-        model_dir = self.run_dir / "model"
-        if not model_dir.is_dir():
-            raise UserError(f"{self.run_dir}: has no model/ yet (training did not finish). "
-                            f"Continue it with: tuneforge train --resume {self.run_dir}")
+        model_dir = finished_model(self.run_dir)
         self.recipe = load_recipe(self.run_dir / "recipe.yaml")
         self.task = get_task(self.recipe.task)
         encoding = json.loads((self.run_dir / "data" / "encoding.json").read_text())

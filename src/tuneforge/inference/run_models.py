@@ -5,11 +5,10 @@ from pathlib import Path
 
 import torch
 
-from tuneforge.errors import UserError
 from tuneforge.methods import get_method
 from tuneforge.models.loader import load_model, load_tokenizer, resolve_model
 from tuneforge.recipe import Recipe, load_recipe
-from tuneforge.run_folder import open_run
+from tuneforge.run_folder import finished_model, open_run
 from tuneforge.runtime import attention
 from tuneforge.runtime.hardware import DTYPES, autocast, choose_precision, detect_device
 from tuneforge.runtime.precision import half_frozen_linears
@@ -26,10 +25,7 @@ class RunModels:
 
     def __init__(self, run_dir: Path, precision: str = "fp32"):
         self.run_dir = open_run(run_dir)
-        model_dir = self.run_dir / "model"
-        if not model_dir.is_dir():
-            raise UserError(f"{self.run_dir}: has no model/ yet (training did not finish). "
-                            f"Continue it with: tuneforge train --resume {self.run_dir}")
+        model_dir = finished_model(self.run_dir)
         self.recipe: Recipe = load_recipe(self.run_dir / "recipe.yaml")
         self.device = detect_device()
         self.precision = choose_precision(precision, self.device)

@@ -149,7 +149,7 @@ def create_app(pool: ModelPool, engine: Engine, store: Store, api_key: str | Non
 
     @app.post("/v1/classify")
     async def classify(request: Request):
-        body, name, rows, head = await head_rows(request, ClassifyRequest)
+        _, name, rows, head = await head_rows(request, ClassifyRequest)
         outputs = await head.run("classify", rows)
         classes = head.model.classes
         return {"object": "list", "model": name, "task": head.model.recipe.task,

@@ -7,47 +7,19 @@ as id2label. Splits are stratified by label."""
 import math
 
 from tuneforge.errors import UserError
-from tuneforge.tasks.base import Task, register
-from tuneforge.tasks.labelled import (
-    MULTI,
-    SINGLE,
-    Classes,
-    encode_labelled,
-    head_loss_model,
-    head_modules,
-    labelled_lengths,
-)
-
-NO_PROMPT = ("a soft prompt conditions generation; a classifier's head reads the encoder's output. "
-              "Use lora, full or freeze.")
+from tuneforge.tasks.base import register
+from tuneforge.tasks.labelled import MULTI, SINGLE, Classes, HeadTask, encode_labelled, head_loss_model
 
 
 @register
-class Classification(Task):
+class Classification(HeadTask):
     name = "classification"
-    row_kinds = ("labelled",)
-    head = True
-    generates = False
-    default_model = "all-minilm-l6-v2"
-    model_class = "AutoModelForSequenceClassification"
-    chat_template = False
-    packing = False
     stratified = True
-    refused_methods = {"prompt_tuning": NO_PROMPT}
 
-    def check_row(self, example: dict) -> str | None:
-        refusal = super().check_row(example)
-        if refusal:
-            return refusal
-        label = example["label"]
-        values = label if isinstance(label, list) else [label]
+    def check_label(self, label) -> str | None:
         if isinstance(label, list) and not label:
             return "`label` is an empty list; a multi-label row names at least one label."
-        for value in values:
-            reason = _bad_label(value)
-            if reason:
-                return reason
-        return None
+        return next(filter(None, map(_bad_label, label if isinstance(label, list) else [label])), None)
 
     def stratum(self, example: dict) -> str:
         """Single-label rows by their class; multi-label rows are not stratified (one stratum): most
@@ -66,9 +38,6 @@ class Classification(Task):
                             "needs at least two classes. Add rows of other classes.")
         numeric = all(n.lstrip("-").isdigit() for n in names)
         return Classes(sorted(names, key=int) if numeric else sorted(names), MULTI if multi == {True} else SINGLE)
-
-    def head_modules(self, model) -> list[str]:
-        return head_modules(model)
 
     def loss_model(self, model, recipe, train):
         import torch
@@ -97,9 +66,6 @@ class Classification(Task):
         else:
             target = index[names[0]]
         return encode_labelled(example, tokenizer, max_length, target)
-
-    def token_lengths(self, examples, tokenizer):
-        return labelled_lengths(examples, tokenizer)
 
 
 def label_name(value) -> str:

@@ -8,6 +8,7 @@ its examples the way it normalises a language model's over its answer tokens (tr
 
 from dataclasses import dataclass
 
+from tuneforge.tasks.base import Task
 from tuneforge.tasks.tokens import bucket_length
 
 SINGLE, MULTI, REGRESSION = "single_label_classification", "multi_label_classification", "regression"
@@ -38,6 +39,37 @@ class Labelled:
     target: int | float | list[float]  # class index, number, or one 0/1 per class (multi-label)
     truncated: bool
     loss_tokens: int = 1
+
+
+NO_PROMPT = ("a soft prompt conditions generation; a head reads the encoder's output. Use lora, full or "
+             "freeze.")
+
+
+class HeadTask(Task):
+    """What the tasks with a head share: labelled rows, an encoder (or decoder) with a sequence
+    classification head, no chat template, no packing, the head learning in full."""
+
+    row_kinds = ("labelled",)
+    head = True
+    generates = False
+    default_model = "all-minilm-l6-v2"
+    model_class = "AutoModelForSequenceClassification"
+    chat_template = False
+    packing = False
+    refused_methods = {"prompt_tuning": NO_PROMPT}
+
+    def check_row(self, example: dict) -> str | None:
+        return super().check_row(example) or self.check_label(example["label"])
+
+    def check_label(self, label) -> str | None:
+        """Why this label cannot be learnt (None when it can)."""
+        raise NotImplementedError
+
+    def head_modules(self, model) -> list[str]:
+        return head_modules(model)
+
+    def token_lengths(self, examples: list[dict], tokenizer) -> list[int]:
+        return labelled_lengths(examples, tokenizer)
 
 
 def encode_labelled(example: dict, tokenizer, max_length: int, target) -> Labelled:
