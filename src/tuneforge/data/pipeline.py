@@ -136,8 +136,8 @@ def read_all(recipe: Recipe, tokenizer, fingerprints: list[dict], work: Path,
             for where, row in bar:
                 read += 1
                 try:
-                    pending, fmt, changed = _validated(row, reader, cleaner, d.max_row_chars, user_ids, index, task)
-                    pending.where = where
+                    pending, fmt, changed = _validated(row, where, reader, cleaner, d.max_row_chars, user_ids, index,
+                                                      task)
                 except RowError as e:
                     if not d.skip_invalid:
                         raise UserError(f"{where}: {e} Fix the row, or set data.skip_invalid: true to skip "
@@ -171,7 +171,8 @@ def read_all(recipe: Recipe, tokenizer, fingerprints: list[dict], work: Path,
     return rows, report
 
 
-def _validated(row, reader: RowReader, cleaner: Cleaner, max_chars: int, user_ids: dict, source: int, task):
+def _validated(row, where: str, reader: RowReader, cleaner: Cleaner, max_chars: int, user_ids: dict, source: int,
+               task):
     if isinstance(row, RowError):
         raise row
     if nested_deeper_than(row, MAX_NESTING):  # before anything recurses into it
@@ -191,7 +192,7 @@ def _validated(row, reader: RowReader, cleaner: Cleaner, max_chars: int, user_id
     elif user_ids.setdefault(example["id"], key) != key:
         raise RowError(f"id {example['id']!r} is already used by an earlier row with other content; ids must be "
                        "unique (or leave `id` out to use a hash of the content).", "id")
-    return Pending(example, source, text, key, ""), fmt, changed
+    return Pending(example, source, text, key, where), fmt, changed
 
 
 def _reason(error: RowError) -> str:

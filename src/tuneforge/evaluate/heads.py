@@ -39,7 +39,7 @@ PAIRED_BY = {"single_label_classification": "right", "multi_label_classification
 
 def evaluate_head(run_dir: Path) -> dict:
     started = time.perf_counter()
-    m = HeadModel(run_dir)
+    m = HeadModel(run_dir)  # fp32: the probe's features and the tuned outputs exactly as trained
     recipe, classes = m.recipe, m.classes
     run_dir = m.run_dir
     train, test = read_split(run_dir / "data", "train"), read_split(run_dir / "data", "test")
@@ -54,7 +54,8 @@ def evaluate_head(run_dir: Path) -> dict:
                                     len(names), seed)
     outputs["tuned"] = m.outputs(test)
 
-    metrics = {"task": recipe.task, "problem": problem, "classes": names, "test_examples": len(test),
+    metrics = {"task": recipe.task, "problem": problem, "classes": names, "precision": m.precision,
+               "test_examples": len(test),
                "train_examples": len(train), "baselines": {"majority": "the training split's class frequencies"
                                                             if problem != REGRESSION else "the training mean",
                                                             "probe": "a linear model on the pre-trained encoder's "
