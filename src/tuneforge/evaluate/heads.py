@@ -39,7 +39,7 @@ PAIRED_BY = {"single_label_classification": "right", "multi_label_classification
 
 def evaluate_head(run_dir: Path) -> dict:
     started = time.perf_counter()
-    m = HeadModel(run_dir)  # fp32: the probe's features and the tuned outputs exactly as trained
+    m = HeadModel(run_dir)  # fp32 whatever eval.precision says: a head run is cheap to score in full precision
     recipe, classes = m.recipe, m.classes
     run_dir = m.run_dir
     train, test = read_split(run_dir / "data", "train"), read_split(run_dir / "data", "test")
