@@ -351,3 +351,17 @@ def test_data_prepare_and_preview_show_the_labels_per_split(tmp_path, tiny_encod
     shown = capsys.readouterr().out
     assert "| bad | 15 | 2 | 3 |" in shown and "[CLS] item 0 was great and great today [SEP]" in shown
     assert "-> label 'good'" in shown
+
+
+def test_runs_ls_shows_the_task_and_a_head_runs_test_score(trained):
+    from tuneforge.evaluate.run import evaluate_run
+    from tuneforge.runs.table import compare_runs, list_runs
+
+    evaluate_run(trained["full"])
+    table = list_runs(trained["full"].parent)
+    assert table.splitlines()[0].split()[:5] == ["name", "model", "method", "task", "hyperparameters"]
+    rows = {line.split()[0]: line for line in table.splitlines()[2:]}
+    accuracy = json.loads((trained["full"] / "eval" / "metrics.json").read_text())["tuned"]["scores"]["accuracy"]
+    assert f"accuracy {accuracy['value']:.3f}" in rows["full"] and " classification " in rows["full"]
+    assert " regression " in rows["regression"]
+    assert "head (test)" in compare_runs([trained["full"], trained["lora"]], trained["full"].parent / "c.png")

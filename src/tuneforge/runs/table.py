@@ -25,9 +25,17 @@ def run_summary(run_dir: Path) -> dict:
     else:
         status = f"incomplete (step {steps})"
     return {"name": run_dir.name, "model": recipe.get("model", {}).get("name", "?"), "method": recipe.get("method", "?"),
-            "recipe": recipe, "steps": steps, "best_val_loss": min(vals) if vals else None,
+            "task": recipe.get("task", "chat"), "recipe": recipe, "steps": steps,
+            "best_val_loss": min(vals) if vals else None,
             "perplexity": tuned.get("perplexity"), "rouge_l": tuned.get("rouge_l"), "bleu": tuned.get("bleu"),
-            "forgetting": metrics.get("forgetting", {}).get("change"), "status": status}
+            "head": _head_score(metrics), "forgetting": metrics.get("forgetting", {}).get("change"), "status": status}
+
+
+def _head_score(metrics: dict) -> str | None:
+    """A classification / regression run's headline on the test split (evaluate/heads.py), as `name value`."""
+    scores = metrics.get("tuned", {}).get("scores", {}) if "problem" in metrics else {}
+    name = next((n for n in ("accuracy", "exact_match", "rmse") if n in scores), None)
+    return f"{name} {scores[name]['value']:.3f}" if name else None
 
 
 def _hyperparameters(summary: dict) -> str:
@@ -58,9 +66,10 @@ def list_runs(runs_dir: Path, missing_ok: bool = False) -> str:
                         "pass another folder with --runs-dir.")
     found = sorted(runs_dir.iterdir()) if runs_dir.is_dir() else []
     summaries = [run_summary(p) for p in found if (p / "recipe.yaml").is_file()]
-    header = ["name", "model", "method", "hyperparameters", "best val", "ppl", "ROUGE-L", "BLEU", "forgetting", "status"]
-    rows = [[s["name"], s["model"], s["method"], _hyperparameters(s), _fmt(s["best_val_loss"], "{:.4f}"),
-             _fmt(s["perplexity"]), _fmt(s["rouge_l"], "{:.1f}"), _fmt(s["bleu"], "{:.1f}"),
+    header = ["name", "model", "method", "task", "hyperparameters", "best val", "ppl", "ROUGE-L", "BLEU", "head",
+              "forgetting", "status"]
+    rows = [[s["name"], s["model"], s["method"], s["task"], _hyperparameters(s), _fmt(s["best_val_loss"], "{:.4f}"),
+             _fmt(s["perplexity"]), _fmt(s["rouge_l"], "{:.1f}"), _fmt(s["bleu"], "{:.1f}"), s["head"] or "-",
              _fmt(s["forgetting"], "{:+.1%}"), s["status"]] for s in summaries]
     table = format_table(header, rows)
     if not rows:
@@ -97,6 +106,7 @@ def compare_runs(run_dirs: list[Path], plot: Path) -> str:
              ["test perplexity", *(_fmt(s["perplexity"]) for s in summaries)],
              ["ROUGE-L", *(_fmt(s["rouge_l"], "{:.1f}") for s in summaries)],
              ["BLEU", *(_fmt(s["bleu"], "{:.1f}") for s in summaries)],
+             ["head (test)", *(s["head"] or "-" for s in summaries)],
              ["forgetting", *(_fmt(s["forgetting"], "{:+.1%}") for s in summaries)],
              ["status", *(s["status"] for s in summaries)]]
     from tuneforge.evaluate.plots import loss_curves
