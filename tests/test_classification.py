@@ -365,3 +365,28 @@ def test_runs_ls_shows_the_task_and_a_head_runs_test_score(trained):
     assert f"accuracy {accuracy['value']:.3f}" in rows["full"] and " classification " in rows["full"]
     assert " regression " in rows["regression"]
     assert "head (test)" in compare_runs([trained["full"], trained["lora"]], trained["full"].parent / "c.png")
+
+
+@pytest.mark.parametrize("moods", [3, 2])
+def test_head_init_probe_starts_the_head_at_the_probes_predictions(tmp_path, tiny_encoder, moods, capsys):
+    """LP-FT: before the first step, the model predicts the training rows as the fitted probe does
+    (two classes: the probe's single logit split over the head's two)."""
+    import torch
+
+    from tuneforge.train.run import load_trainee, plan_training
+
+    rows = [r for r in labelled_rows(90) if r["label"] in ("good", "bad", "meh")[:moods]]
+    data = write_jsonl(tmp_path / "rows.jsonl", rows)
+    recipe = head_recipe(tiny_encoder, data, "lpft")
+    recipe["head"] = {"init": "probe"}
+    setup = plan_training(validate_recipe(recipe))
+    t = load_trainee(setup)
+    printed = capsys.readouterr().out
+    score = float(printed.split("training score ")[1].split()[0])
+    train = setup.data.encoded["train"]
+    t.model.eval()
+    with torch.no_grad():
+        batch = t.loss_model.collate(train, t.pad_id)
+        y = batch.pop("labels")
+        predicted = t.model(**batch).logits.argmax(-1)
+    assert float((predicted == y).float().mean()) == pytest.approx(score, abs=1.5 / len(train))

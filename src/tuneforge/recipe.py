@@ -276,6 +276,9 @@ class HeadSection(Section):
     much as common ones (for imbalanced labels)."""
     threshold: float = Field(0.5, gt=0.0, lt=1.0)
     """Multi-label: a class is predicted when its probability is above this."""
+    init: Literal["random", "probe"] = "random"
+    """How the new head starts: random (transformers' initialisation) or probe (a linear probe fitted on
+    the pre-trained model's features of the training rows, then everything fine-tuned: LP-FT)."""
 
 
 class EvalSection(Section):

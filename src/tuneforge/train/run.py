@@ -28,6 +28,7 @@ from tuneforge.runtime.hardware import choose_precision
 from tuneforge.tasks import get_task
 from tuneforge.train.checkpoint import LoopState, list_checkpoints, load_checkpoint
 from tuneforge.train.compile import AutoCompile, compile_blocks
+from tuneforge.train.head_init import init_head_from_probe
 from tuneforge.train.load import load_for_method
 from tuneforge.train.loop import Trainee, fit
 from tuneforge.train.loss import LossModel
@@ -157,6 +158,12 @@ def load_trainee(setup: Setup, lr: float | None = None) -> Trainee:
             t.compiler = AutoCompile(transformer_blocks(t.model))
     t.loss_model = (t.task.loss_model(t.model, recipe, setup.data.encoded["train"])
                     or LossModel(t.model, cfg.label_smoothing))
+    if t.task.head and recipe.head.init == "probe":
+        fitted = init_head_from_probe(t.model, setup.data.encoded["train"], t.loss_model.collate, t.pad_id, t.device,
+                                      t.autocast, recipe.seed)
+        if t.dist.main:
+            print(f"head.init probe: fitted on {fitted['rows']} training rows' features ({fitted['features']} each), "
+                  f"training score {fitted['train_score']:.3f}")
     t.module = wrap(t.loss_model, blocks, cfg.distributed, t.dist, t.device,
                     find_unused=not method.static_graph)
     t.params = trainable_parameters(t.model)
