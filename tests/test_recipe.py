@@ -16,10 +16,17 @@ ROOT = Path(__file__).parents[1]
 RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))
 
 
-def _expected_trainable(recipe: Recipe, config) -> tuple[int, int]:
-    """(trainable, total) parameters of a Llama-style model under the recipe's method, from its config
-    alone: what the plan, which counts them on a meta-device copy with the method applied, must find."""
+def _expected_trainable(recipe: Recipe, config, classes: int = 0) -> tuple[int, int]:
+    """(trainable, total) parameters of a Llama-style model (or, for a head task, a BERT encoder with
+    `classes` outputs) under the recipe's method, from its config alone: what the plan, which counts
+    them on a meta-device copy with the method applied, must find."""
     h, inter, layers, vocab = config.hidden_size, config.intermediate_size, config.num_hidden_layers, config.vocab_size
+    if config.model_type == "bert":
+        assert recipe.method == "full", "extend for this recipe"
+        embeddings = (vocab + config.max_position_embeddings + config.type_vocab_size) * h + 2 * h
+        block = 4 * (h * h + h) + 2 * h + (h * inter + inter) + (inter * h + h) + 2 * h  # attention, FFN, 2 norms
+        total = embeddings + layers * block + (h * h + h) + (h * classes + classes)  # pooler, classifier
+        return total, total
     kv = config.num_key_value_heads * getattr(config, "head_dim", h // config.num_attention_heads)
     linears = [(h, h), (h, kv), (h, kv), (h, h), (h, inter), (h, inter), (inter, h)]  # q k v o gate up down
     block = sum(i * o for i, o in linears) + 2 * h  # and its two norms
@@ -59,7 +66,9 @@ def test_every_shipped_recipe_plans_end_to_end_without_loading_weights(path, tmp
     assert recipe.model_dump() == before  # the caller's recipe is not changed: the resolved one is a copy
     assert (setup.recipe.train.max_steps, setup.recipe.train.micro_batch_size) == (plan.total_steps, plan.micro_batch)
     assert setup.recipe.train.learning_rate == recipe.learning_rate() and setup.recipe.train.packing is not None
-    assert (shape.trainable_params, shape.total_params) == _expected_trainable(asked, AutoConfig.from_pretrained(model_dir))
+    classes = len(setup.data.classes.names) if setup.data.classes else 0
+    assert (shape.trainable_params, shape.total_params) == _expected_trainable(asked, AutoConfig.from_pretrained(model_dir),
+                                                                               classes)
     assert plan.micro_batch * plan.accumulation == asked.train.global_batch_size
     n_train = manifest["counts"]["final"]["train"]
     steps = asked.train.max_steps or round(max(1, n_train // asked.train.global_batch_size) * asked.train.epochs)
