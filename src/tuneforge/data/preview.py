@@ -45,13 +45,10 @@ def _labelled_preview(recipe: Recipe, tokenizer, folder, examples: list[dict]) -
     with its target."""
     import json
 
-    from tuneforge.data.report import summary
+    from tuneforge.data.report import labels_table
 
-    manifest = json.loads((folder / "manifest.json").read_text())
-    text = summary(manifest)
-    start = text.find("## Labels")  # absent for multi-label and regression rows (not stratified)
-    end = text.find("\n## ", start + 1)
-    out = [] if start < 0 else [(text[start:] if end < 0 else text[start:end]).strip() + "\n"]
+    table = labels_table(json.loads((folder / "manifest.json").read_text()))
+    out = [table + "\n"] if table else []
     d = recipe.data
     classes = get_task(recipe.task).classes(read_split(folder, "train"))
     out.append(f"Examples as the model reads them (data.max_length = {d.max_length}):\n")

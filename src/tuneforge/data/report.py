@@ -84,6 +84,11 @@ def summary(manifest: dict) -> str:
     return _markdown([s for s in _sections(manifest) if s[0].startswith(keep)], images=[]).strip()
 
 
+def labels_table(manifest: dict) -> str:
+    """The rows per label and split (none for rows that are not stratified by label)."""
+    return _markdown([s for s in _sections(manifest) if s[0].startswith("Labels")], images=[]).strip()
+
+
 _CAPTIONS = {"stages.png": "rows after each stage", "token_lengths.png": "example lengths",
              "labels.png": "rows per label and split"}
 

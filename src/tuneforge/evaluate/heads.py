@@ -81,7 +81,7 @@ def evaluate_head(run_dir: Path) -> dict:
 
 
 def _targets(m: HeadModel, rows: list[dict]) -> np.ndarray:
-    return np.array([m.task.encode(r, m.tokenizer, m.recipe.data.max_length, classes=m.classes).target for r in rows])
+    return np.array([m.task.target(r, m.classes) for r in rows])
 
 
 def _metrics(problem: str, y: np.ndarray, out: np.ndarray, names: list[str], threshold: float, seed: int) -> dict:

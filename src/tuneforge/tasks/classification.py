@@ -8,7 +8,7 @@ import math
 
 from tuneforge.errors import UserError
 from tuneforge.tasks.base import register
-from tuneforge.tasks.labelled import MULTI, SINGLE, Classes, HeadTask, encode_labelled, head_loss_model
+from tuneforge.tasks.labelled import MULTI, SINGLE, Classes, HeadTask, head_loss_model
 
 
 @register
@@ -50,7 +50,7 @@ class Classification(HeadTask):
             weights = weights.float().to(next(model.parameters()).device)
         return head_loss_model(model, problem, recipe.train.label_smoothing, weights)
 
-    def encode(self, example, tokenizer, max_length, train_on_prompt=False, classes=None):
+    def target(self, example: dict, classes: Classes):
         labels = classes.names
         index = {name: i for i, name in enumerate(labels)}
         label = example["label"]
@@ -63,9 +63,8 @@ class Classification(HeadTask):
             target = [0.0] * len(labels)
             for n in names:
                 target[index[n]] = 1.0
-        else:
-            target = index[names[0]]
-        return encode_labelled(example, tokenizer, max_length, target)
+            return target
+        return index[names[0]]
 
 
 def label_name(value) -> str:

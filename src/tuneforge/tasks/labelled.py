@@ -65,6 +65,13 @@ class HeadTask(Task):
         """Why this label cannot be learnt (None when it can)."""
         raise NotImplementedError
 
+    def encode(self, example: dict, tokenizer, max_length: int, train_on_prompt: bool = False, classes=None):
+        return encode_labelled(example, tokenizer, max_length, self.target(example, classes))
+
+    def target(self, example: dict, classes: Classes):
+        """The row's target as the head learns it: a class index, 0 / 1 per class, or the number."""
+        raise NotImplementedError
+
     def head_modules(self, model) -> list[str]:
         return head_modules(model)
 

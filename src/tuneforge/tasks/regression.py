@@ -5,7 +5,7 @@ head on a pre-trained encoder or decoder with a squared-error loss (transformers
 import math
 
 from tuneforge.tasks.base import register
-from tuneforge.tasks.labelled import REGRESSION, Classes, HeadTask, encode_labelled, head_loss_model
+from tuneforge.tasks.labelled import REGRESSION, Classes, HeadTask, head_loss_model
 
 
 @register
@@ -25,8 +25,8 @@ class Regression(HeadTask):
     def loss_model(self, model, recipe, train):
         return head_loss_model(model, REGRESSION)
 
-    def encode(self, example, tokenizer, max_length, train_on_prompt=False, classes=None):
-        return encode_labelled(example, tokenizer, max_length, target(example["label"]))
+    def target(self, example: dict, classes: Classes) -> float:
+        return target(example["label"])
 
 
 def target(value) -> float | None:
