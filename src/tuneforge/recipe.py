@@ -146,8 +146,9 @@ class DataSection(Section):
     """Column whose values each get the val/test ratios exactly (for instance a category or label)."""
     clean: CleanSection = CleanSection()
     augment: AugmentSection = AugmentSection()
-    max_length: int = Field(384, ge=16)
-    """Tokens per example in training; longer examples are cut (the report counts how many)."""
+    max_length: int | None = Field(None, ge=16)
+    """Tokens per example in training; longer examples are cut (the report counts how many). Empty means
+    the training examples' 99th percentile, rounded up to 64, within the model's context and 2048."""
     train_on_prompt: bool = False
     """Put loss on prompt / user tokens too, not only on the assistant's answer."""
     max_train_examples: int | None = Field(None, ge=1)
@@ -221,8 +222,10 @@ class TrainSection(Section):
     """Examples per forward pass; empty means derived from available memory."""
     max_steps: int | None = Field(None, ge=1, le=10**9)
     """Optimizer steps to run; empty means `epochs` passes over the training split."""
-    epochs: float = Field(1.0, gt=0.0, le=10_000)
-    """Passes over the training split when `max_steps` is empty."""
+    epochs: float | None = Field(None, gt=0.0, le=10_000)
+    """Passes over the training split when `max_steps` is empty; empty means chosen from the training
+    split's size: 3, more for under 34 examples (training sees at least 100), fewer for over 8,333 (at
+    most 25,000), as OpenAI's fine-tuning API chooses (data/defaults.py)."""
     warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0)
     """Share of steps with a linear learning-rate warm-up; the schedule follows."""
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)
@@ -284,8 +287,9 @@ class HeadSection(Section):
 class EvalSection(Section):
     max_samples: int = Field(40, ge=1)
     """Test prompts to generate answers for (base and tuned); perplexity uses the whole test split."""
-    max_new_tokens: int = Field(128, ge=1)
-    """Most tokens generated per answer (greedy decoding)."""
+    max_new_tokens: int | None = Field(None, ge=1)
+    """Most tokens generated per answer (greedy decoding). Empty means the test answers' 95th percentile
+    in tokens, rounded up to 16, at most 512."""
     batch_size: int = Field(8, ge=1)
     """Prompts generated together."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"

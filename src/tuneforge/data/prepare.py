@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tuneforge.data import defaults
 from tuneforge.data.clean import Cleaner
 from tuneforge.data.dedup import exact_key, normalised_text
 from tuneforge.data.pipeline import KEPT, LEAK_EXACT, LEAK_NEAR, REMOVED, decide, read_all, write_splits
@@ -58,7 +59,12 @@ def prepare_data(recipe: Recipe, tokenizer, out: Path, fingerprints: list[dict] 
         ids = write_splits(rows, decisions, synthetic, tmp)
         lengths = _split_lengths(rows, decisions, synthetic, tokenizer, get_task(recipe.task))
         manifest = _manifest(recipe, tokenizer, rows, read, decisions, synthetic, ids, tmp)
-        manifest["tokens"] = token_stats(lengths, recipe.data.max_length, recipe.train.global_batch_size)
+        limit = recipe.data.max_length
+        if limit is None:
+            derived = defaults.max_length(lengths["train"], defaults.model_limit(tokenizer))
+            manifest["derived"] = {derived.key: {"value": derived.value, "why": derived.why}}
+            limit = derived.value
+        manifest["tokens"] = token_stats(lengths, limit, recipe.train.global_batch_size)
         manifest["seconds"] = round(time.time() - started, 1)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
         write_report(manifest, lengths, tmp)
@@ -266,6 +272,13 @@ def _sha256(path: Path) -> str:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def max_length(recipe: Recipe, folder: Path) -> int:
+    """data.max_length: the recipe's, or the one derived from the prepared data's token lengths."""
+    if recipe.data.max_length is not None:
+        return recipe.data.max_length
+    return json.loads((folder / "manifest.json").read_text())["tokens"]["max_length"]
 
 
 def read_split(folder: Path, name: str) -> list[dict]:

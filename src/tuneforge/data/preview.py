@@ -3,7 +3,7 @@
 import sys
 from itertools import groupby
 
-from tuneforge.data.prepare import prepared_folder, read_split
+from tuneforge.data.prepare import max_length, prepared_folder, read_split
 from tuneforge.errors import UserError
 from tuneforge.models.chat_template import ensure_chat_template
 from tuneforge.recipe import Recipe
@@ -26,10 +26,10 @@ def preview(recipe: Recipe, n: int, split: str = "train", color: bool | None = N
         return _labelled_preview(recipe, tokenizer, folder, examples)
     color = sys.stdout.isatty() if color is None else color
     start, end = ("\033[42;30m", "\033[0m") if color else ("[[", "]]")
-    d = recipe.data
-    out = [f"Loss falls on the marked tokens ({start}like this{end}); data.max_length = {d.max_length}.", ""]
+    limit = max_length(recipe, folder)
+    out = [f"Loss falls on the marked tokens ({start}like this{end}); data.max_length = {limit}.", ""]
     for example in examples:
-        enc = get_task(recipe.task).encode(example, tokenizer, d.max_length, d.train_on_prompt)
+        enc = get_task(recipe.task).encode(example, tokenizer, limit, recipe.data.train_on_prompt)
         note = ", truncated" if enc.truncated else ""
         out.append(f"--- {example['id']} ({len(enc.input_ids)} tokens, {enc.loss_tokens} with loss{note})")
         pieces = []
@@ -49,11 +49,11 @@ def _labelled_preview(recipe: Recipe, tokenizer, folder, examples: list[dict]) -
 
     table = labels_table(json.loads((folder / "manifest.json").read_text()))
     out = [table + "\n"] if table else []
-    d = recipe.data
+    limit = max_length(recipe, folder)
     classes = get_task(recipe.task).classes(read_split(folder, "train"))
-    out.append(f"Examples as the model reads them (data.max_length = {d.max_length}):\n")
+    out.append(f"Examples as the model reads them (data.max_length = {limit}):\n")
     for example in examples:
-        enc = get_task(recipe.task).encode(example, tokenizer, d.max_length, classes=classes)
+        enc = get_task(recipe.task).encode(example, tokenizer, limit, classes=classes)
         note = ", truncated" if enc.truncated else ""
         out += [f"--- {example['id']} ({len(enc.input_ids)} tokens{note}) -> label {example['label']!r}",
                 tokenizer.decode(enc.input_ids), ""]

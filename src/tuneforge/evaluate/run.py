@@ -83,7 +83,7 @@ def evaluate_run(run_dir: Path, max_samples: int | None = None, compare: list[Pa
     chats = [e for e in test if "messages" in e] if task.generates else []  # no prompts to answer in raw text
     n = min(max_samples or recipe.eval.max_samples, len(chats))
     samples = random.Random(recipe.seed).sample(chats, n) if n < len(chats) else chats
-    references = [e["messages"][-1]["content"] for e in samples]
+    references = [task.reference(e) for e in samples]
 
     def score(model, tokenizer, device: str, autocast, which: str) -> Scored:
         encoded = [task.encode(e, tokenizer, recipe.data.max_length, recipe.data.train_on_prompt) for e in test]

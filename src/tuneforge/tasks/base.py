@@ -74,6 +74,10 @@ class Task:
         """Tokens of each example as `encode` renders them, without its per-token work."""
         raise NotImplementedError
 
+    def reference(self, example: dict) -> str:
+        """The answer its evaluation compares a generated one with (for a task that `generates`)."""
+        raise NotImplementedError
+
 
 def row_kind(example: dict) -> str:
     """What a normalised row holds: a conversation, raw text, or text with a label."""

@@ -20,6 +20,9 @@ class Chat(Task):
                classes=None) -> Encoded:
         return encode(example, tokenizer, max_length, train_on_prompt)
 
+    def reference(self, example: dict) -> str:
+        return example["messages"][-1]["content"]
+
     def token_lengths(self, examples: list[dict], tokenizer) -> list[int]:
         return token_lengths(examples, tokenizer)
 

@@ -14,7 +14,10 @@ from pathlib import Path
 import psutil
 import torch
 
-from tuneforge.data.prepare import PreparedData, copy_prepared, encode_splits, prepared_folder, read_split
+from tuneforge.data import defaults
+from tuneforge.data.defaults import Derived
+from tuneforge.data.prepare import (PreparedData, copy_prepared, encode_splits, max_length, prepared_folder,
+                                    read_split)
 from tuneforge.data.split import SPLITS
 from tuneforge.errors import UserError
 from tuneforge.methods import get_method
@@ -45,6 +48,7 @@ class Setup:
     data: PreparedData
     shape: ModelShape
     plan: TrainPlan
+    derived: list[Derived]
     trainee: Trainee | None = None
 
 
@@ -111,7 +115,9 @@ def plan_training(recipe: Recipe, prepared: Path | None = None) -> Setup:
         prepared = prepared_folder(recipe, tokenizer)
         if d.main:
             d.barrier()
-    data = encode_splits({name: read_split(prepared, name) for name in SPLITS}, recipe, tokenizer)
+    splits = {name: read_split(prepared, name) for name in SPLITS}
+    derived = derive_defaults(recipe, task, tokenizer, prepared, splits)
+    data = encode_splits(splits, recipe, tokenizer)
     n_train, cfg = len(data.encoded["train"]), recipe.train
     if n_train < cfg.global_batch_size:
         raise UserError(f"train.global_batch_size: {cfg.global_batch_size} is more than the {n_train} training "
@@ -129,12 +135,39 @@ def plan_training(recipe: Recipe, prepared: Path | None = None) -> Setup:
     recipe.train.learning_rate = recipe.learning_rate()
     recipe.train.micro_batch_size = plan.micro_batch
     recipe.train.max_steps = plan.total_steps
+    if d.main and derived:
+        print("Derived from the data (set a key in the recipe to choose it yourself):\n"
+              + "\n".join(x.line() for x in derived))
     if d.main:
         print(f"Plan ({recipe.method} on {Path(recipe.model.name).name}, {device}, {precision}):\n"
               f"{format_plan(plan, shape, cfg.packing)}")
-    setup = Setup(recipe, tokenizer, prepared, data, shape, plan)
+    setup = Setup(recipe, tokenizer, prepared, data, shape, plan, derived)
     setup.trainee = Trainee(None, None, None, {}, None, None, tokenizer.pad_token_id, device, precision, d, task)
     return setup
+
+
+def derive_defaults(recipe: Recipe, task, tokenizer, prepared: Path, splits: dict[str, list[dict]]) -> list[Derived]:
+    """Fill the recipe's empty data.max_length (derived when the data was prepared), train.epochs and,
+    for a task that generates, eval.max_new_tokens (data/defaults.py); returns what was derived, why."""
+    derived = []
+    if recipe.data.max_length is None:
+        manifest = json.loads((prepared / "manifest.json").read_text())
+        record = manifest.get("derived", {}).get("data.max_length")
+        recipe.data.max_length = max_length(recipe, prepared)
+        if record:
+            derived.append(Derived("data.max_length", record["value"], record["why"]))
+    if recipe.train.epochs is None and recipe.train.max_steps is None:
+        derived.append(defaults.epochs(len(splits["train"])))
+        recipe.train.epochs = derived[-1].value
+    # the test split's answers (what evaluation asks for), or the others' when it has none
+    answered = next((rows for rows in ([e for e in splits[name] if "messages" in e] for name in ("test", "val", "train"))
+                     if rows), [])
+    if recipe.eval.max_new_tokens is None and task.generates and answered:
+        answers = [task.reference(e) for e in answered]
+        lengths = [len(ids) + 1 for ids in tokenizer(answers, add_special_tokens=False)["input_ids"]]  # + end of turn
+        derived.append(defaults.max_new_tokens(lengths))
+        recipe.eval.max_new_tokens = derived[-1].value
+    return derived
 
 
 def load_trainee(setup: Setup, lr: float | None = None) -> Trainee:
@@ -243,7 +276,8 @@ def _write_plan(run_dir: Path, setup: Setup) -> None:
               "trainable_share": round(s.trainable_params / s.total_params, 6),
               "micro_batch": p.micro_batch, "accumulation": p.accumulation, "processes": p.world,
               "total_steps": p.total_steps, "warmup_steps": p.warmup_steps,
-              "memory_bytes": asdict(p.memory) | {"total": p.memory.total}, "available_bytes": p.available}
+              "memory_bytes": asdict(p.memory) | {"total": p.memory.total}, "available_bytes": p.available,
+              "derived": {x.key: {"value": x.value, "why": x.why} for x in setup.derived}}
     (run_dir / "plan.json").write_text(json.dumps(record, indent=1) + "\n")
 
 
