@@ -36,12 +36,13 @@ def epochs(n_train: int) -> Derived:
         why = f"{n_train:,} training examples; {value} passes so that training sees at least {MIN_SEEN}"
     elif n_train * TARGET_EPOCHS > MAX_SEEN:
         value = max(MIN_EPOCHS, MAX_SEEN // n_train)
-        why = f"{n_train:,} training examples; {value} pass(es) so that training sees at most {MAX_SEEN:,}"
+        why = (f"{n_train:,} training examples; {value} pass{'es' if value > 1 else ''} so that training sees "
+               f"at most {MAX_SEEN:,}")
     else:
         value = TARGET_EPOCHS
-        why = f"{n_train:,} training examples; {TARGET_EPOCHS} passes (fewer below {MIN_SEEN // TARGET_EPOCHS}, " \
-              f"more above {MAX_SEEN // TARGET_EPOCHS:,} examples)"
-    return Derived("train.epochs", float(value), why)
+        why = (f"{n_train:,} training examples; {TARGET_EPOCHS} passes (more under "
+               f"{math.ceil(MIN_SEEN / TARGET_EPOCHS)} examples, fewer over {MAX_SEEN // TARGET_EPOCHS:,})")
+    return Derived("train.epochs", value, why)
 
 
 def max_length(lengths, model_limit: int | None) -> Derived:

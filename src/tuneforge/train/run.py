@@ -158,7 +158,7 @@ def derive_defaults(recipe: Recipe, task, tokenizer, prepared: Path, splits: dic
             derived.append(Derived("data.max_length", record["value"], record["why"]))
     if recipe.train.epochs is None and recipe.train.max_steps is None:
         derived.append(defaults.epochs(len(splits["train"])))
-        recipe.train.epochs = derived[-1].value
+        recipe.train.epochs = float(derived[-1].value)
     # the test split's answers (what evaluation asks for), or the others' when it has none
     answered = next((rows for rows in ([e for e in splits[name] if "messages" in e] for name in ("test", "val", "train"))
                      if rows), [])
