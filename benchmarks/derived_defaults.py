@@ -102,7 +102,7 @@ def main() -> None:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in results:
         lines.append(f"| {r['name']} | {r['steps']} | {r['epochs']} | {r['max_length']} | {r['max_new_tokens']} | "
-                     f"{100 * r['base_rouge_l']:.1f} -> {100 * r['tuned_rouge_l']:.1f} | {r['base_bleu']:.1f} -> {r['tuned_bleu']:.1f} | "
+                     f"{r['base_rouge_l']:.1f} -> {r['tuned_rouge_l']:.1f} | {r['base_bleu']:.1f} -> {r['tuned_bleu']:.1f} | "
                      f"{r['base_perplexity']:.2f} -> {r['tuned_perplexity']:.2f} | {r['minutes']} |")
     table = "\n".join(lines)
     print(table)
