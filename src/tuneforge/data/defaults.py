@@ -29,6 +29,10 @@ class Derived:
     def line(self) -> str:
         return f"  {self.key} = {self.value}: {self.why}"
 
+    def record(self) -> dict:
+        """As manifest.json and plan.json keep it: {key: {value, why}}."""
+        return {self.key: {"value": self.value, "why": self.why}}
+
 
 def epochs(n_train: int) -> Derived:
     if n_train * TARGET_EPOCHS < MIN_SEEN:

@@ -62,7 +62,7 @@ def prepare_data(recipe: Recipe, tokenizer, out: Path, fingerprints: list[dict] 
         limit = recipe.data.max_length
         if limit is None:
             derived = defaults.max_length(lengths["train"], defaults.model_limit(tokenizer))
-            manifest["derived"] = {derived.key: {"value": derived.value, "why": derived.why}}
+            manifest["derived"] = derived.record()
             limit = derived.value
         manifest["tokens"] = token_stats(lengths, limit, recipe.train.global_batch_size)
         manifest["seconds"] = round(time.time() - started, 1)

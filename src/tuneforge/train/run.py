@@ -16,8 +16,7 @@ import torch
 
 from tuneforge.data import defaults
 from tuneforge.data.defaults import Derived
-from tuneforge.data.prepare import (PreparedData, copy_prepared, encode_splits, max_length, prepared_folder,
-                                    read_split)
+from tuneforge.data.prepare import PreparedData, copy_prepared, encode_splits, prepared_folder, read_split
 from tuneforge.data.split import SPLITS
 from tuneforge.errors import UserError
 from tuneforge.methods import get_method
@@ -152,21 +151,20 @@ def derive_defaults(recipe: Recipe, task, tokenizer, prepared: Path, splits: dic
     derived = []
     if recipe.data.max_length is None:
         manifest = json.loads((prepared / "manifest.json").read_text())
-        record = manifest.get("derived", {}).get("data.max_length")
-        recipe.data.max_length = max_length(recipe, prepared)
-        if record:
-            derived.append(Derived("data.max_length", record["value"], record["why"]))
+        recipe.data.max_length = manifest["tokens"]["max_length"]
+        derived += [Derived(key, r["value"], r["why"]) for key, r in manifest.get("derived", {}).items()]
     if recipe.train.epochs is None and recipe.train.max_steps is None:
         derived.append(defaults.epochs(len(splits["train"])))
         recipe.train.epochs = float(derived[-1].value)
-    # the test split's answers (what evaluation asks for), or the others' when it has none
-    answered = next((rows for rows in ([e for e in splits[name] if "messages" in e] for name in ("test", "val", "train"))
-                     if rows), [])
-    if recipe.eval.max_new_tokens is None and task.generates and answered:
-        answers = [task.reference(e) for e in answered]
-        lengths = [len(ids) + 1 for ids in tokenizer(answers, add_special_tokens=False)["input_ids"]]  # + end of turn
-        derived.append(defaults.max_new_tokens(lengths))
-        recipe.eval.max_new_tokens = derived[-1].value
+    if recipe.eval.max_new_tokens is None and task.generates:
+        # the test split's answers (what evaluation asks for), or the others' when it has none
+        answered = next((rows for rows in ([e for e in splits[name] if "messages" in e]
+                                           for name in ("test", "val", "train")) if rows), [])
+        if answered:
+            answers = [task.reference(e) for e in answered]
+            ids = tokenizer(answers, add_special_tokens=False)["input_ids"]
+            derived.append(defaults.max_new_tokens([len(x) + 1 for x in ids]))  # + the end-of-turn token
+            recipe.eval.max_new_tokens = derived[-1].value
     return derived
 
 
@@ -277,7 +275,7 @@ def _write_plan(run_dir: Path, setup: Setup) -> None:
               "micro_batch": p.micro_batch, "accumulation": p.accumulation, "processes": p.world,
               "total_steps": p.total_steps, "warmup_steps": p.warmup_steps,
               "memory_bytes": asdict(p.memory) | {"total": p.memory.total}, "available_bytes": p.available,
-              "derived": {x.key: {"value": x.value, "why": x.why} for x in setup.derived}}
+              "derived": {k: v for x in setup.derived for k, v in x.record().items()}}
     (run_dir / "plan.json").write_text(json.dumps(record, indent=1) + "\n")
 
 
