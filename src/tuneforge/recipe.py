@@ -35,7 +35,7 @@ class ModelSection(Section):
 
 Role = Literal["system", "user", "assistant"]
 Split = Literal["train", "val", "test"]
-RowFormat = Literal["auto", "text", "prompt_completion", "alpaca", "messages", "sharegpt", "preference", "labelled"]
+RowFormat = Literal["auto", "text", "prompt_completion", "alpaca", "messages", "sharegpt", "preference", "labelled", "image"]
 
 
 class SourceSpec(Section):
@@ -129,6 +129,27 @@ class AugmentSection(Section):
     """Most tokens per generated question or answer."""
 
 
+class ImageSection(Section):
+    """Image rows (task: image_classification): how they are checked, deduplicated and fed to the model."""
+
+    min_side: int = Field(16, ge=1)
+    """Images smaller than this on a side are invalid rows."""
+    convert_modes: bool = True
+    """Grayscale, palette, CMYK and transparent images become RGB (alpha on white); false makes them errors."""
+    near_difference: float = Field(3.0, ge=0.0, le=255.0)
+    """Two images whose perceptual hashes nearly agree count as near duplicates (and as leakage across
+    splits) when their 16 x 16 grayscale thumbnails differ by at most this many grey levels on average."""
+    size: int | None = Field(None, ge=16, le=4096)
+    """Side of the square the model sees, in pixels. Empty means the model's own size, or less when the
+    training images are much smaller (data/defaults.py, image_size)."""
+    augment: bool = True
+    """Random resized crops and horizontal flips of the training images (never of val / test)."""
+    crop_scale: float = Field(0.5, gt=0.0, le=1.0)
+    """Smallest share of an image's area a random crop keeps."""
+    flip: bool = True
+    """Flip training images left-right at random (turn off for text, digits, or anything with a handedness)."""
+
+
 class DataSection(Section):
     sources: list[SourceSpec] = [SourceSpec(path="pydocs")]
     """Where rows come from: a list of paths, or of {path, format, columns, weight, split, ...}."""
@@ -146,6 +167,7 @@ class DataSection(Section):
     """Column whose values each get the val/test ratios exactly (for instance a category or label)."""
     clean: CleanSection = CleanSection()
     augment: AugmentSection = AugmentSection()
+    image: ImageSection = ImageSection()
     max_length: int | None = Field(None, ge=16)
     """Tokens per example in training; longer examples are cut (the report counts how many). Empty means
     the training examples' 99th percentile, rounded up to 64, within the model's context and 2048."""
@@ -311,10 +333,12 @@ class Recipe(Section):
     task: Task = "chat"
     """What is learnt: chat (assistant answers in conversations, through the chat template; text rows
     learnt whole), causal_lm (raw text only, every token: continued pre-training), classification
-    (a label or labels per text, a new head) or regression (a number per text, a new head)."""
-    method: Method = "lora"
+    (a label or labels per text, a new head), regression (a number per text, a new head) or
+    image_classification (a label or labels per image, a new head)."""
+    method: Method | None = None
     """full (every weight), freeze (the last blocks), gradual_unfreeze (blocks unfrozen from the top
-    during training), lora, rslora, dora, qlora (adapters) or prompt_tuning (a learned soft prompt)."""
+    during training), lora, rslora, dora, qlora (adapters) or prompt_tuning (a learned soft prompt).
+    Empty means the task's default: lora, or full for image_classification (a 4.7 M-parameter model)."""
     model: ModelSection = ModelSection()
     data: DataSection = DataSection()
     lora: LoraSection = LoraSection()
@@ -328,6 +352,8 @@ class Recipe(Section):
     def _task_default_model(self):
         if self.model.name is None:
             self.model.name = TASKS[self.task].default_model
+        if self.method is None:
+            self.method = TASKS[self.task].default_method
         return self
 
     def learning_rate(self) -> float:

@@ -21,7 +21,7 @@ def micro_batches(examples: list[Encoded], indices: list[int], micro_batch: int)
     Sorting within a step changes only how the step is cut, not which examples it holds; the loss is
     normalised over the whole step, so the gradient is the same as with any other cut.
     """
-    chosen = sorted((examples[i] for i in indices), key=lambda e: len(e.input_ids))
+    chosen = sorted((examples[i] for i in indices), key=lambda e: e.length)
     return [chosen[i:i + micro_batch] for i in range(0, len(chosen), micro_batch)]
 
 

@@ -18,6 +18,7 @@ LENGTH_STEP = 64
 LENGTH_CAP = 2048  # beyond this the activations dominate memory on most machines; raise it in the recipe
 ANSWER_QUANTILE = 0.95
 ANSWER_STEP, ANSWER_CAP = 16, 512
+IMAGE_STEP, IMAGE_FLOOR = 32, 64  # a CNN's last feature map is 1/32 of the side: 2 x 2 at 64
 
 
 @dataclass
@@ -77,3 +78,17 @@ def model_limit(tokenizer) -> int | None:
     """The tokenizer's context length, when it states a real one (transformers uses 1e30 for none)."""
     limit = getattr(tokenizer, "model_max_length", None)
     return int(limit) if limit and limit < 10**7 else None
+
+
+def image_size(train: dict, model_side: int) -> Derived:
+    """The model's own input size, or, for training images much smaller than it, twice their median
+    shorter side rounded up to a multiple of 32 (at least IMAGE_FLOOR): upscaling 28-pixel images eight
+    times to 224 costs 12 times the compute of 64 for no detail the images have (benchmarks/image_size.py)."""
+    side = min(train["median_width"], train["median_height"])
+    if 2 * side >= model_side:
+        return Derived("data.image.size", model_side, f"the training images' median shorter side is {side} pixels; "
+                       f"the model's own size is {model_side}")
+    value = min(model_side, max(IMAGE_FLOOR, IMAGE_STEP * math.ceil(2 * side / IMAGE_STEP)))
+    return Derived("data.image.size", value, f"the training images' median shorter side is {side} pixels, far below "
+                   f"the model's {model_side}: twice that, rounded up to {IMAGE_STEP} (at least {IMAGE_FLOOR})")
+

@@ -3,13 +3,15 @@
 Canonical examples are `{"id", "messages": [{"role", "content"}, ...]}` for chat (prompt/completion,
 Alpaca, OpenAI messages, ShareGPT conversations and preference pairs all become this; a preference
 pair also keeps `"rejected"`), `{"id", "text"}` for continued pre-training, or `{"id", "text",
-"label"}` (and an optional `"text_pair"`) for classification and regression; the task checks the label. The format is detected
+"label"}` (and an optional `"text_pair"`) for classification and regression, `{"id", "image", "label"}` for
+image classification (the image stored by data/images.py); the task checks the label. The format is detected
 per row from its columns, or fixed by the source's `format`; `columns` renames the user's columns.
 Rows without an `id` get theirs from their cleaned content (content_id), so identical rows share one.
 """
 
 import hashlib
 import json
+from pathlib import Path
 
 from tuneforge.errors import RowError
 from tuneforge.json_text import MAX_NESTING, loads, nested_deeper_than
@@ -22,11 +24,13 @@ REQUIRED = {
     "sharegpt": ("conversations",),
     "alpaca": ("instruction", "output"),
     "prompt_completion": ("prompt", "completion"),
+    "image": ("image", "label"),
     "labelled": ("text", "label"),
     "text": ("text",),
 }
 # Common alternative column names, tried when the source maps none of its own.
-ALIASES = {"prompt": ("prompt", "question", "query"), "completion": ("completion", "response", "answer")}
+ALIASES = {"prompt": ("prompt", "question", "query"), "completion": ("completion", "response", "answer"),
+           "image": ("image", "file_name", "image_path", "img")}  # file_name: Hugging Face's imagefolder metadata
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant",
                   "bard": "assistant", "bing": "assistant", "model": "assistant", "system": "system"}
 _ROLES = ("system", "user", "assistant")
@@ -37,6 +41,8 @@ class RowReader:
 
     def __init__(self, spec: SourceSpec, system_prompt: str | None, stratify_by: str | None):
         self.spec, self.system_prompt, self.stratify_by = spec, system_prompt, stratify_by
+        path = Path(spec.path).expanduser()
+        self.base = path if path.is_dir() else path.parent  # what image paths in rows are relative to
         self.roles = {**{r: r for r in _ROLES}, **spec.roles}
         self.sharegpt_roles = {**SHAREGPT_ROLES, **spec.roles}
 
@@ -95,6 +101,10 @@ class RowReader:
         if pair is not None:
             example["text_pair"] = pair
         return example
+
+    def _image(self, row: dict) -> dict:
+        """The image cell as it is (a path, bytes, a `datasets` image); data/images.py reads and checks it."""
+        return {"image": self._get(row, "image"), "label": self._get(row, "label")}
 
     def _with_system(self, row: dict, messages: list[dict]) -> list[dict]:
         system = self._text_field(row, "system", optional=True)
@@ -160,7 +170,7 @@ class RowReader:
 
 
 def content_id(example: dict) -> str:
-    content = {k: v for k, v in example.items() if k in ("messages", "text", "rejected", "text_pair", "label")}
+    content = {k: v for k, v in example.items() if k in ("messages", "text", "rejected", "text_pair", "label", "image")}
     return hashlib.sha256(json.dumps(content, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
 
 

@@ -20,6 +20,8 @@ from tqdm import tqdm
 from tuneforge.data.clean import Cleaner
 from tuneforge.data.dedup import NearDuplicates, exact_key, normalised_text
 from tuneforge.data.formats import RowReader, content_id
+from tuneforge.data.image_dedup import ImageNearDuplicates
+from tuneforge.data.images import StoredImage, image_bytes, store_image
 from tuneforge.data.sources import read_source
 from tuneforge.data.split import SPLITS, TRAIN, assign_splits, unit_hash
 from tuneforge.data.validate import check_example
@@ -39,7 +41,7 @@ _BATCH = 2048
 class Pending:
     example: dict
     source: int
-    text: str
+    signature: object  # what near duplicates are found by: the normalised text, or the StoredImage
     key: int
     where: str
 
@@ -59,7 +61,13 @@ class Rows:
         self.stratum = array("i")
         self.first_of_stratum: list[str] = []  # where each stratum's first row was read (file:line)
         self._seen: set[int] = set()
-        self.near = NearDuplicates(work, c.near_threshold, c.near_ngram) if c.dedup_near or c.leakage_check else None
+        self.images: list[tuple[int, int, str]] = []  # width, height, mode of each image row
+        near = c.dedup_near or c.leakage_check
+        if get_task(recipe.task).images:
+            (work / "images").mkdir(exist_ok=True)
+            self.near = ImageNearDuplicates(recipe.data.image.near_difference) if near else None
+        else:
+            self.near = NearDuplicates(work, c.near_threshold, c.near_ngram) if near else None
 
     def add(self, batch: list[Pending]) -> None:
         lengths = get_task(self.recipe.task).token_lengths([p.example for p in batch], self.tokenizer)
@@ -77,8 +85,10 @@ class Rows:
             if code == len(self.first_of_stratum):
                 self.first_of_stratum.append(p.where)
             self.stratum.append(code)
+            if isinstance(p.signature, StoredImage):
+                self.images.append((p.signature.width, p.signature.height, p.signature.mode))
         if self.near:
-            self.near.add([p.text for p in batch])
+            self.near.add([p.signature for p in batch])
 
     def _status(self, length: int, key: int) -> int:
         c = self.clean
@@ -136,8 +146,8 @@ def read_all(recipe: Recipe, tokenizer, fingerprints: list[dict], work: Path,
             for where, row in bar:
                 read += 1
                 try:
-                    pending, fmt, changed = _validated(row, where, reader, cleaner, d.max_row_chars, user_ids, index,
-                                                      task)
+                    pending, fmt, changed = _validated(row, where, reader, cleaner, recipe, user_ids, index, task,
+                                                       work / "images")
                 except RowError as e:
                     if not d.skip_invalid:
                         raise UserError(f"{where}: {e} Fix the row, or set data.skip_invalid: true to skip "
@@ -171,8 +181,8 @@ def read_all(recipe: Recipe, tokenizer, fingerprints: list[dict], work: Path,
     return rows, report
 
 
-def _validated(row, where: str, reader: RowReader, cleaner: Cleaner, max_chars: int, user_ids: dict, source: int,
-               task):
+def _validated(row, where: str, reader: RowReader, cleaner: Cleaner, recipe: Recipe, user_ids: dict, source: int,
+               task, images: Path):
     if isinstance(row, RowError):
         raise row
     if nested_deeper_than(row, MAX_NESTING):  # before anything recurses into it
@@ -183,16 +193,22 @@ def _validated(row, where: str, reader: RowReader, cleaner: Cleaner, max_chars: 
         raise RowError(refusal, "task")
     if task.stratified and "stratum" not in example:  # data.stratify_by, when set, decides instead
         example["stratum"] = task.stratum(example)
-    changed = cleaner.example(example)
-    check_example(example, max_chars)
-    text = normalised_text(example)
-    key = exact_key(text)
+    if task.images:  # the image is checked and stored; its pixels are its content
+        i = recipe.data.image
+        stored = store_image(image_bytes(example["image"], reader.base), images, i.min_side, i.convert_modes)
+        example["image"] = f"images/{stored.name}"
+        signature, key, changed = stored, stored.pixels_key, False
+    else:
+        changed = cleaner.example(example)
+        check_example(example, recipe.data.max_row_chars)
+        signature = normalised_text(example)
+        key = exact_key(signature)
     if example["id"] is None:
         example["id"] = content_id(example)
     elif user_ids.setdefault(example["id"], key) != key:
         raise RowError(f"id {example['id']!r} is already used by an earlier row with other content; ids must be "
                        "unique (or leave `id` out to use a hash of the content).", "id")
-    return Pending(example, source, text, key, where), fmt, changed
+    return Pending(example, source, signature, key, where), fmt, changed
 
 
 def _reason(error: RowError) -> str:
@@ -260,10 +276,17 @@ def write_splits(rows: Rows, decisions: Decisions, synthetic: list[dict], folder
     ids: dict[str, list[str]] = {name: [] for name in SPLITS}
     files = {name: (folder / f"{name}.jsonl").open("wb") for name in SPLITS}
     repeats = decisions.repeats
+    images = rows.work / "images"
+    if images.is_dir():
+        (folder / "images").mkdir()
     with (rows.work / "rows.jsonl").open("rb") as spill:
         for index, line in enumerate(tqdm(spill, total=len(rows.ids), desc="write splits", unit=" rows", disable=None,
                                           mininterval=1.0)):
             if repeats[index]:
+                if images.is_dir():  # the kept rows' images move in; the others' are deleted with the work folder
+                    name = json.loads(line)["image"]
+                    if (rows.work / name).exists():
+                        (rows.work / name).rename(folder / name)
                 name = SPLITS[decisions.split[index]]
                 for _ in range(repeats[index]):
                     files[name].write(line)

@@ -20,6 +20,7 @@ import numpy as np
 from tuneforge.data import defaults
 from tuneforge.data.clean import Cleaner
 from tuneforge.data.dedup import exact_key, normalised_text
+from tuneforge.data.image_stats import image_stats
 from tuneforge.data.pipeline import KEPT, LEAK_EXACT, LEAK_NEAR, REMOVED, decide, read_all, write_splits
 from tuneforge.data.report import write_report
 from tuneforge.data.sources import fingerprint
@@ -30,6 +31,7 @@ from tuneforge.errors import RowError, UserError
 from tuneforge.home import tuneforge_home
 from tuneforge.recipe import Recipe
 from tuneforge.tasks import get_task
+from tuneforge.tasks.image_inputs import image_side
 from tuneforge.tasks.tokens import Encoded
 
 FORMAT_VERSION = 2  # bump when the same inputs would now prepare differently
@@ -57,14 +59,22 @@ def prepare_data(recipe: Recipe, tokenizer, out: Path, fingerprints: list[dict] 
         _check_classes(rows, decisions, recipe)
         synthetic = _synthetic(rows, decisions, recipe)
         ids = write_splits(rows, decisions, synthetic, tmp)
-        lengths = _split_lengths(rows, decisions, synthetic, tokenizer, get_task(recipe.task))
+        task = get_task(recipe.task)
+        lengths = _split_lengths(rows, decisions, synthetic, tokenizer, task)
         manifest = _manifest(recipe, tokenizer, rows, read, decisions, synthetic, ids, tmp)
-        limit = recipe.data.max_length
-        if limit is None:
-            derived = defaults.max_length(lengths["train"], defaults.model_limit(tokenizer))
-            manifest["derived"] = derived.record()
-            limit = derived.value
-        manifest["tokens"] = token_stats(lengths, limit, recipe.train.global_batch_size)
+        if task.images:
+            kept_split = np.where(decisions.repeats > 0, decisions.split, -1)
+            manifest["images"] = image_stats(rows.images, kept_split)
+            if recipe.data.image.size is None:
+                derived = defaults.image_size(manifest["images"]["train"], image_side(tokenizer))
+                manifest["derived"] = derived.record()
+        else:
+            limit = recipe.data.max_length
+            if limit is None:
+                derived = defaults.max_length(lengths["train"], defaults.model_limit(tokenizer))
+                manifest["derived"] = derived.record()
+                limit = derived.value
+            manifest["tokens"] = token_stats(lengths, limit, recipe.train.global_batch_size)
         manifest["seconds"] = round(time.time() - started, 1)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
         write_report(manifest, lengths, tmp)
@@ -99,16 +109,14 @@ def prepare_command(recipe: Recipe, out: Path, overwrite: bool) -> dict:
     """`tuneforge data prepare`: the prepared folder (from the cache when the same data was prepared
     before) at `out`, replacing an older prepared folder only when asked; prints the summary."""
     from tuneforge.data.report import summary
-    from tuneforge.models.chat_template import ensure_chat_template
-    from tuneforge.models.loader import load_tokenizer, resolve_model
+    from tuneforge.models.loader import load_inputs, resolve_model
 
     if out.exists() and not overwrite:
         raise UserError(f"{out}: exists. Pass --overwrite to replace it, or choose another --out.")
     if out.exists() and not (out / "manifest.json").is_file():
         raise UserError(f"{out}: exists and is not a prepared-data folder (no manifest.json); refusing to replace it.")
-    tokenizer = load_tokenizer(resolve_model(recipe.model.name))
-    ensure_chat_template(tokenizer)
-    folder = prepared_folder(recipe, tokenizer)
+    inputs = load_inputs(resolve_model(recipe.model.name), get_task(recipe.task))
+    folder = prepared_folder(recipe, inputs)
     new, old = out.with_name(f".{out.name}.new"), out.with_name(f".{out.name}.old")
     for stale in (new, old):
         shutil.rmtree(stale, ignore_errors=True)
@@ -120,7 +128,7 @@ def prepare_command(recipe: Recipe, out: Path, overwrite: bool) -> dict:
     manifest = json.loads((out / "manifest.json").read_text())
     print(summary(manifest))
     print(f"\nWrote {out}/: train.jsonl val.jsonl test.jsonl manifest.json report.md report.html"
-          + (" rejects.jsonl" if (out / "rejects.jsonl").exists() else ""))
+          + (" rejects.jsonl" if (out / "rejects.jsonl").exists() else "") + (" images/" if (out / "images").is_dir() else ""))
     return manifest
 
 
@@ -133,6 +141,10 @@ def cache_key(recipe: Recipe, tokenizer, fingerprints: list[dict]) -> str:
 
 
 def _tokenizer_id(tokenizer) -> dict:
+    """What the prepared data depends on of the tokenizer; an image processor reads nothing in preparation
+    (the images are stored as they are), so its kind is enough."""
+    if not hasattr(tokenizer, "backend_tokenizer") and not hasattr(tokenizer, "chat_template"):
+        return {"image_processor": type(tokenizer).__name__.removesuffix("Pil").removesuffix("Fast")}
     template = tokenizer.chat_template or ""
     return {"name": tokenizer.name_or_path, "vocab": len(tokenizer),
             "chat_template": hashlib.sha256(str(template).encode()).hexdigest()[:16]}
@@ -143,7 +155,10 @@ def copy_prepared(folder: Path, target: Path) -> None:
     file system allows (they can be large), the rest copied."""
     target.mkdir(parents=True, exist_ok=True)
     for path in folder.iterdir():
-        if path.suffix == ".jsonl":
+        if path.is_dir():  # images/
+            copy_prepared(path, target / path.name)
+            continue
+        if path.suffix in (".jsonl", ".png", ".jpg", ".webp", ".gif", ".bmp"):
             try:
                 os.link(path, target / path.name)
                 continue
@@ -274,11 +289,12 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def max_length(recipe: Recipe, folder: Path) -> int:
-    """data.max_length: the recipe's, or the one derived from the prepared data's token lengths."""
+def max_length(recipe: Recipe, folder: Path) -> int | None:
+    """data.max_length: the recipe's, or the one derived from the prepared data's token lengths (None
+    for image rows, which have no tokens)."""
     if recipe.data.max_length is not None:
         return recipe.data.max_length
-    return json.loads((folder / "manifest.json").read_text())["tokens"]["max_length"]
+    return json.loads((folder / "manifest.json").read_text()).get("tokens", {}).get("max_length")
 
 
 def read_split(folder: Path, name: str) -> list[dict]:
@@ -286,7 +302,11 @@ def read_split(folder: Path, name: str) -> list[dict]:
     if not path.is_file():
         raise UserError(f"{path}: missing; {folder} is not a complete prepared-data folder.")
     with path.open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        rows = [json.loads(line) for line in f if line.strip()]
+    for row in rows:  # an image row names its file relative to the folder
+        if "image" in row:
+            row["image"] = str(folder / row["image"])
+    return rows
 
 
 def encode_splits(examples: dict[str, list[dict]], recipe: Recipe, tokenizer) -> PreparedData:
@@ -306,7 +326,7 @@ def encode_splits(examples: dict[str, list[dict]], recipe: Recipe, tokenizer) ->
         raise UserError(f"no training examples left: {dropped['train']} have no answer tokens within "
                         f"data.max_length={d.max_length}. Add data or raise data.max_length.")
     encoding = {"max_length": d.max_length, "truncated": truncated, "dropped_no_answer_tokens": dropped,
-                "tokens": {name: sum(len(r.input_ids) for r in encoded[name]) for name in SPLITS},
+                "tokens": {name: sum(r.length for r in encoded[name]) for name in SPLITS},
                 "loss_tokens": {name: sum(r.loss_tokens for r in encoded[name]) for name in SPLITS}}
     if classes is not None:
         encoding["classes"] = {"names": classes.names, "problem": classes.problem}

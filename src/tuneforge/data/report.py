@@ -1,4 +1,4 @@
-"""The data report: what was read, what each stage removed or changed, and token statistics, as
+"""The data report: what was read, what each stage removed or changed, and token (or image) statistics, as
 markdown (report.md) and a self-contained HTML page (report.html, plots embedded)."""
 
 import base64
@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tuneforge.data.image_stats import contact_sheet
 from tuneforge.data.split import SPLITS
 from tuneforge.data.stats import plot_labels, plot_lengths, plot_stages
 
@@ -27,9 +28,12 @@ def stages(manifest: dict) -> list[tuple[str, int]]:
 
 
 def write_report(manifest: dict, lengths: dict[str, np.ndarray], folder: Path) -> None:
-    t = manifest["tokens"]
-    length_png = plot_lengths(lengths, t["max_length"], folder / "token_lengths.png")
-    images = {"stages.png": plot_stages(stages(manifest), folder / "stages.png"), "token_lengths.png": length_png}
+    images = {"stages.png": plot_stages(stages(manifest), folder / "stages.png")}
+    if "tokens" in manifest:
+        images["token_lengths.png"] = plot_lengths(lengths, manifest["tokens"]["max_length"],
+                                                   folder / "token_lengths.png")
+    else:
+        images["contact_sheet.png"] = contact_sheet(folder, folder / "contact_sheet.png")
     if manifest.get("labels"):
         images["labels.png"] = plot_labels(manifest["labels"], folder / "labels.png")
     sections = _sections(manifest)
@@ -39,7 +43,7 @@ def write_report(manifest: dict, lengths: dict[str, np.ndarray], folder: Path) -
 
 def _sections(m: dict) -> list[tuple[str, list[str], list[list]]]:
     """(title, header, rows) tables shared by both renderings."""
-    c, t = m["counts"], m["tokens"]
+    c = m["counts"]
     sources = [[s.get("path") or s.get("id") or s["kind"], s["kind"], ", ".join(f"{k} {v:,}" for k, v in s["formats"].items()),
                 f"{s['rows']:,}", f"{s['invalid']:,}", s["weight"], s["split"] or "by ratio",
                 (s.get("sha256") or "")[:12]] for s in m["sources"]]
@@ -57,14 +61,11 @@ def _sections(m: dict) -> list[tuple[str, list[str], list[list]]]:
                ["oversampled rows added", f"{c['oversampled_added']:,}"],
                ["synthetic rows added", f"{c['synthetic_added']:,}"]]
     details += [[f"PII replaced: {kind}", f"{n:,}"] for kind, n in m["pii_replaced"].items()]
-    tokens = [[name, f"{t[name]['rows']:,}", f"{t[name]['tokens']:,}", t[name]["mean"], t[name]["median"],
-               t[name]["p95"], t[name]["max"], f"{t[name]['truncated_at_max_length']:,}"] for name in SPLITS]
     out = [
         ("Sources", ["source", "kind", "formats", "rows", "invalid", "weight", "split", "sha256"], sources),
         ("Rows after each stage", ["stage", "rows", "change"], stage_rows),
         ("What changed", ["what", "rows"], details),
-        (f"Tokens (max_length {t['max_length']}, {t['steps_per_epoch']:,} steps per epoch)",
-         ["split", "rows", "tokens", "mean", "median", "p95", "max", f"over {t['max_length']} (truncated)"], tokens),
+        _tokens(m["tokens"]) if "tokens" in m else _images(m["images"]),
     ]
     if m.get("labels"):
         out.append(("Labels (rows per split)", ["label", *SPLITS],
@@ -78,9 +79,23 @@ def _sections(m: dict) -> list[tuple[str, list[str], list[list]]]:
     return out
 
 
+def _tokens(t: dict) -> tuple:
+    rows = [[name, f"{t[name]['rows']:,}", f"{t[name]['tokens']:,}", t[name]["mean"], t[name]["median"],
+             t[name]["p95"], t[name]["max"], f"{t[name]['truncated_at_max_length']:,}"] for name in SPLITS]
+    return (f"Tokens (max_length {t['max_length']}, {t['steps_per_epoch']:,} steps per epoch)",
+            ["split", "rows", "tokens", "mean", "median", "p95", "max", f"over {t['max_length']} (truncated)"], rows)
+
+
+def _images(i: dict) -> tuple:
+    rows = [[name, f"{i[name]['images']:,}", f"{i[name]['median_width']} x {i[name]['median_height']}",
+             i[name]["min_side"], i[name]["max_side"], ", ".join(f"{m} {n:,}" for m, n in i[name]["modes"].items())]
+            for name in SPLITS]
+    return ("Images", ["split", "images", "median size", "smallest side", "largest side", "pixel modes"], rows)
+
+
 def summary(manifest: dict) -> str:
     """The stage and token tables (and invalid-row reasons), for the terminal."""
-    keep = ("Rows after each stage", "Tokens", "Labels", "Invalid rows")
+    keep = ("Rows after each stage", "Tokens", "Images", "Labels", "Invalid rows")
     return _markdown([s for s in _sections(manifest) if s[0].startswith(keep)], images=[]).strip()
 
 
@@ -90,7 +105,7 @@ def labels_table(manifest: dict) -> str:
 
 
 _CAPTIONS = {"stages.png": "rows after each stage", "token_lengths.png": "example lengths",
-             "labels.png": "rows per label and split"}
+             "labels.png": "rows per label and split", "contact_sheet.png": "training images per label"}
 
 
 def _markdown(sections, images: list[str]) -> str:

@@ -15,6 +15,14 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from tuneforge.data.image_sources import (
+    FASHION_CLASSES,
+    builtin_folder,
+    idx_folder,
+    image_folder,
+    is_idx_folder,
+    is_image_folder,
+)
 from tuneforge.errors import RowError, UserError
 from tuneforge.json_text import MAX_NESTING, loads
 from tuneforge.recipe import SourceSpec
@@ -28,15 +36,21 @@ _BOMS = [(codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (code
 Rows = Iterator[tuple[str, dict | RowError]]
 
 
+BUILTIN = ("pydocs", "pydocs-modules", "fashion-mnist")
+
+
 def source_kind(spec: SourceSpec) -> str:
-    """pydocs, pydocs-modules, jsonl, json, csv, tsv, parquet, text, text_folder, datasets or hub; UserError otherwise."""
-    if spec.path in ("pydocs", "pydocs-modules"):
+    """pydocs, pydocs-modules, fashion-mnist, jsonl, json, csv, tsv, parquet, text, text_folder,
+    image_folder, idx, datasets or hub; UserError otherwise."""
+    if spec.path in BUILTIN:
         return spec.path
     path = Path(spec.path).expanduser()
     if path.is_dir():
         if any((path / name).is_file() for name in ("dataset_info.json", "state.json", "dataset_dict.json")):
             return "datasets"
-        return "text_folder"
+        if is_idx_folder(path):
+            return "idx"
+        return "image_folder" if is_image_folder(path, SUFFIXES) else "text_folder"
     if path.is_file():
         kind = SUFFIXES.get(path.suffix.lower())
         if kind is None:
@@ -58,6 +72,12 @@ def read_source(spec: SourceSpec, max_row_chars: int) -> Rows:
 
         rows = build_pydocs() if kind == "pydocs" else build_pydocs_modules()
         return ((f"{kind}:{e['id']}", e) for e in rows)
+    if kind == "fashion-mnist":
+        return idx_folder(builtin_folder(kind), FASHION_CLASSES)
+    if kind == "idx":
+        return idx_folder(path)
+    if kind == "image_folder":
+        return image_folder(path, _hidden)
     if kind == "jsonl":
         return _jsonl(path, spec.encoding, max_row_chars)
     if kind == "json":
@@ -82,7 +102,7 @@ def fingerprint(spec: SourceSpec) -> dict:
         return {"kind": kind, "python": sys.version.split()[0]}
     if kind == "hub":
         return {"kind": kind, "id": spec.path, "config": spec.hf_config, "split": spec.hf_split or "train"}
-    path = Path(spec.path).expanduser()
+    path = builtin_folder(kind) if kind == "fashion-mnist" else Path(spec.path).expanduser()
     files = sorted(p for p in path.rglob("*") if p.is_file() and not _hidden(p, path)) if path.is_dir() else [path]
     digest, lines = hashlib.sha256(), 0
     for file in files:

@@ -23,7 +23,7 @@ def token_stats(lengths: dict[str, np.ndarray], max_length: int, global_batch_si
     return stats
 
 
-def _figure():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -34,7 +34,7 @@ def _figure():
 
 def plot_lengths(lengths: dict[str, np.ndarray], max_length: int, path: Path) -> bytes:
     """Histogram of tokens per example for each split, with the max_length cut marked; PNG bytes."""
-    plt = _figure()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.6), dpi=100)
     top = max((int(x.max()) for x in lengths.values() if len(x)), default=1)
     bins = np.linspace(0, max(top, max_length) * 1.02, 50)
@@ -52,7 +52,7 @@ def plot_lengths(lengths: dict[str, np.ndarray], max_length: int, path: Path) ->
 
 def plot_stages(stages: list[tuple[str, int]], path: Path) -> bytes:
     """Horizontal bars: rows left after each preparation stage; PNG bytes."""
-    plt = _figure()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 0.35 * len(stages) + 1), dpi=100)
     names, values = [s for s, _ in stages][::-1], [v for _, v in stages][::-1]
     ax.barh(names, values, color="#3b6ea8")
@@ -66,7 +66,7 @@ def plot_stages(stages: list[tuple[str, int]], path: Path) -> bytes:
 
 def plot_labels(labels: dict[str, dict[str, int]], path: Path) -> bytes:
     """Grouped bars: rows of each label in each split; PNG bytes."""
-    plt = _figure()
+    plt = pyplot()
     names = list(labels)
     fig, ax = plt.subplots(figsize=(min(12, 2 + 0.6 * len(names)), 3.4), dpi=100)
     width = 0.8 / len(SPLITS)

@@ -18,6 +18,7 @@ from tuneforge.data.prepare import read_split
 from tuneforge.errors import UserError
 from tuneforge.evaluate import plots
 from tuneforge.evaluate.forgetting import load_general_text
+from tuneforge.evaluate.general_images import general_images
 from tuneforge.evaluate.head_metrics import (
     classification_metrics,
     multi_label_metrics,
@@ -54,12 +55,14 @@ def evaluate_head(run_dir: Path) -> dict:
                                     len(names), seed)
     outputs["tuned"] = m.outputs(test)
 
-    metrics = {"task": recipe.task, "problem": problem, "classes": names, "precision": m.precision,
+    metrics = {"task": recipe.task, "images": m.task.images, "problem": problem, "classes": names,
+               "precision": m.precision,
                "test_examples": len(test),
                "train_examples": len(train), "baselines": {"majority": "the training split's class frequencies"
                                                             if problem != REGRESSION else "the training mean",
                                                             "probe": "a linear model on the pre-trained encoder's "
-                                                                     "mean-pooled embeddings (frozen)"}}
+                                                                     + ("pooled features" if m.task.images else
+                                                                        "mean-pooled embeddings") + " (frozen)"}}
     for name, out in outputs.items():
         metrics[name] = _metrics(problem, y_test, out, names, recipe.head.threshold, seed)
     scores = {name: per_example_scores(problem, y_test, out, recipe.head.threshold) for name, out in outputs.items()}
@@ -93,20 +96,24 @@ def _metrics(problem: str, y: np.ndarray, out: np.ndarray, names: list[str], thr
 
 
 def _forgetting(m: HeadModel, general_text: str | None, threshold: float) -> dict:
-    """Cosine between the pre-trained and the tuned encoder's embedding of each general-text document."""
-    name, texts = load_general_text(general_text)
-    rows = [{"text": t} for t in texts]
+    """Cosine between the pre-trained and the tuned encoder's embedding of each general-text document
+    (or, for an image run, of each general photo)."""
+    if m.task.images:
+        name, rows = general_images()
+    else:
+        name, texts = load_general_text(general_text)
+        rows = [{"text": t} for t in texts]
     before, after = m.embeddings(rows, pre_trained=True), m.embeddings(rows)
     cosine = (before * after).sum(1) / (np.linalg.norm(before, axis=1) * np.linalg.norm(after, axis=1))
     mean = float(cosine.mean())
-    return {"set": name, "documents": len(texts), "mean_cosine": round(mean, 4), "min_cosine": round(float(cosine.min()), 4),
+    return {"set": name, "documents": len(rows), "mean_cosine": round(mean, 4), "min_cosine": round(float(cosine.min()), 4),
             "threshold": threshold, "flagged": mean < 1 - threshold}
 
 
 def _write_predictions(path: Path, test: list[dict], outputs: dict, classes, threshold: float) -> None:
     with path.open("w", encoding="utf-8") as f:
         for i, row in enumerate(test):
-            record = {"id": row["id"], "text": row["text"], **({"text_pair": row["text_pair"]} if "text_pair" in row else {}),
+            record = {"id": row["id"], **{k: row[k] for k in ("text", "text_pair", "image") if k in row},
                       "label": row["label"]}
             for name, out in outputs.items():
                 record[name] = prediction(out[i], classes, threshold)
@@ -129,6 +136,8 @@ def _plots(out_dir: Path, metrics: dict, y: np.ndarray, outputs: dict) -> list[t
 
 def format_head_table(metrics: dict) -> str:
     names = HEADLINE[metrics["problem"]]
+    if metrics.get("images") and "top3_accuracy" in metrics["tuned"]["scores"]:
+        names = (*names, "top3_accuracy")
     rows = [("model", *names)]
     for model in ("majority", "probe", "tuned"):
         s = metrics[model]["scores"]
@@ -140,8 +149,9 @@ def format_head_table(metrics: dict) -> str:
         lines.append(f"tuned vs {other} per example ({p['by']}): {p['wins']} better, {p['ties']} same, "
                      f"{p['losses']} worse, p = {p['p_value']:.4f}")
     f = metrics["forgetting"]
-    lines.append(f"forgetting: sentence embeddings of {f['documents']} general-text documents, cosine to the "
-                 f"pre-trained encoder's: mean {f['mean_cosine']:.3f}, lowest {f['min_cosine']:.3f}"
+    what = "features of " if metrics.get("images") else "sentence embeddings of "
+    lines.append(f"forgetting: {what}{f['set'] if metrics.get('images') else str(f['documents']) + ' general-text documents'}"
+                 f", cosine to the pre-trained model's: mean {f['mean_cosine']:.3f}, lowest {f['min_cosine']:.3f}"
                  + (" (FLAGGED: moved more than the threshold)" if f["flagged"] else ""))
     return "\n".join(lines)
 

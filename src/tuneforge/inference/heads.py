@@ -1,6 +1,7 @@
 """A finished classification / regression run's model: its outputs for rows (class probabilities or
-numbers), and the sentence embeddings of its encoder and of the pre-trained one (mean of the last hidden
-states over the tokens: what a linear probe and the forgetting check read)."""
+numbers), and the embeddings of its encoder and of the pre-trained one (what a linear probe and the
+forgetting check read): for text the mean of the last hidden states over the tokens, for images the
+features the classifier reads (pooled)."""
 
 import json
 from functools import cached_property
@@ -10,7 +11,8 @@ import numpy as np
 import torch
 
 from tuneforge.methods import get_method
-from tuneforge.models.loader import load_tokenizer, resolve_model
+from tuneforge.methods.model_parts import final_linear
+from tuneforge.models.loader import load_inputs, resolve_model
 from tuneforge.recipe import load_recipe
 from tuneforge.run_folder import finished_model, open_run
 from tuneforge.runtime.hardware import autocast, choose_precision, detect_device
@@ -32,15 +34,15 @@ class HeadModel:
         self.classes = Classes(**encoding["classes"])
         self.device = detect_device()
         self.precision = choose_precision(precision, self.device)
-        self.tokenizer = load_tokenizer(model_dir)
+        self.tokenizer = load_inputs(model_dir, self.task)  # an image processor for an image task
         self.base_dir = resolve_model(self.recipe.model.name)
         auto = getattr(transformers, self.task.model_class)
         if get_method(self.recipe.method).adapter:
             from peft import PeftModel
 
             config = transformers.AutoConfig.from_pretrained(self.base_dir)
-            self.classes.configure(config, self.tokenizer.pad_token_id)
-            base = auto.from_pretrained(self.base_dir, config=config, dtype=torch.float32)
+            self.classes.configure(config, getattr(self.tokenizer, "pad_token_id", None))
+            base = auto.from_pretrained(self.base_dir, config=config, dtype=torch.float32, ignore_mismatched_sizes=True)
             self.model = PeftModel.from_pretrained(base, model_dir)
         else:
             self.model = auto.from_pretrained(model_dir, dtype=torch.float32)
@@ -56,7 +58,7 @@ class HeadModel:
                                     classes=self.classes) for r in rows]
         logits = []
         for i in range(0, len(encoded), ROWS_PER_BATCH):
-            batch = collate_labelled(encoded[i:i + ROWS_PER_BATCH], self.tokenizer.pad_token_id, self.classes.problem)
+            batch = self._collate(encoded[i:i + ROWS_PER_BATCH])
             batch.pop("labels")
             with self.autocast():
                 logits.append(self.model(**_to(batch, self.device)).logits.float().cpu())
@@ -65,10 +67,18 @@ class HeadModel:
             return out.squeeze(-1).numpy()
         return (out.sigmoid() if self.classes.problem == MULTI else out.softmax(-1)).numpy()
 
+    def _collate(self, encoded: list) -> dict:
+        collate = self.task.collator(self.tokenizer, self.classes.problem)
+        if collate is not None:
+            return collate(encoded)
+        return collate_labelled(encoded, self.tokenizer.pad_token_id, self.classes.problem)
+
     @torch.no_grad()
     def embeddings(self, rows: list[dict], pre_trained: bool = False) -> np.ndarray:
         """Mean-pooled last hidden states of the tuned model's encoder (or, `pre_trained`, the base's) for
-        rows with a `text` (and optional `text_pair`)."""
+        rows with a `text` (and optional `text_pair`); for image rows the features its classifier reads."""
+        if self.task.images:
+            return self._image_features(rows, self.pre_trained_classifier if pre_trained else self.model)
         encoder = self.pre_trained_encoder if pre_trained else _encoder(self.model)
         out = []
         for i in range(0, len(rows), ROWS_PER_BATCH):
@@ -82,6 +92,28 @@ class HeadModel:
             mask = enc["attention_mask"].unsqueeze(-1).float()
             out.append(((hidden * mask).sum(1) / mask.sum(1)).cpu())
         return torch.cat(out).numpy() if out else np.zeros((0, 0))
+
+    def _image_features(self, rows: list[dict], model) -> np.ndarray:
+        encoded = [self.task.encode(_unlabelled(r, self.classes), self.tokenizer, None, classes=self.classes)
+                   for r in rows]
+        features = []
+        hook = final_linear(model).register_forward_hook(lambda _m, inputs, _out: features.append(inputs[0].float().cpu()))
+        try:
+            for i in range(0, len(encoded), ROWS_PER_BATCH):
+                batch = self._collate(encoded[i:i + ROWS_PER_BATCH])
+                with self.autocast():
+                    model(pixel_values=batch["pixel_values"].to(self.device))
+        finally:
+            hook.remove()
+        return torch.cat(features).numpy() if features else np.zeros((0, 0))
+
+    @cached_property
+    def pre_trained_classifier(self):
+        """The image model before fine-tuning, with its own head (whose input is what a probe reads)."""
+        import transformers
+
+        auto = getattr(transformers, self.task.model_class)
+        return auto.from_pretrained(self.base_dir, dtype=torch.float32).to(self.device).eval()
 
     @cached_property
     def pre_trained_encoder(self):

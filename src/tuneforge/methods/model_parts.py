@@ -65,3 +65,16 @@ def train_last_blocks(model, n: int, with_embeddings: bool):
     for module in top_modules(model, with_embeddings):
         module.requires_grad_(True)
     return model
+
+
+def final_linear(model):
+    """A task head's last linear layer (classifier, score, classifier.out_proj; under PEFT the trained copy):
+    its input is the features the head reads."""
+    import torch
+
+    found = [(name, m) for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)
+             and any(part in ("classifier", "score") for part in name.split(".")) and "original_module" not in name]
+    if not found:
+        raise UserError(f"{type(model).__name__} has no classifier / score layer.")
+    return found[-1][1]
+

@@ -6,7 +6,9 @@ import torch
 
 from tuneforge.errors import UserError
 from tuneforge.models.bundled import bundled_folder
+from tuneforge.models import efficientnet_lite  # noqa: F401  (registers it with transformers' auto classes)
 from tuneforge.models.catalog import CATALOG
+from tuneforge.models.chat_template import ensure_chat_template
 
 # Files needed to fine-tune and serve a causal LM; skips other frameworks' weights in hub repos.
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
@@ -37,6 +39,19 @@ def _download(hub_id: str) -> Path:
         raise UserError(f"model {hub_id!r}: no local folder of that name and the Hugging Face hub could not "
                         f"provide it ({type(e).__name__}: {reason}). Download it where you have network and "
                         f"pass the folder: model.name: /path/to/folder") from None
+
+
+def load_inputs(folder: Path, task):
+    """What turns the task's rows into model inputs: the image processor for an image task, else the
+    tokenizer (with a chat template when the task needs one)."""
+    if task.images:
+        from transformers import AutoImageProcessor
+
+        return AutoImageProcessor.from_pretrained(folder)
+    tokenizer = load_tokenizer(folder)
+    if task.chat_template:
+        ensure_chat_template(tokenizer)
+    return tokenizer
 
 
 def load_tokenizer(folder: Path):

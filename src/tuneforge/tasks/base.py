@@ -22,6 +22,8 @@ class Task:
     """Its evaluation generates answers to the test prompts and scores them against the references."""
     default_model: ClassVar[str] = "smollm2-135m-instruct"
     """The bundled model a recipe without model.name trains (a catalogue name)."""
+    default_method: ClassVar[str] = "lora"
+    """The method a recipe without `method` trains with."""
     model_class: ClassVar[str] = "AutoModelForCausalLM"
     """The transformers auto class its models load with."""
     chat_template: ClassVar[bool] = True
@@ -34,6 +36,11 @@ class Task:
     """Its splits are stratified by `stratum` when data.stratify_by is empty."""
     refused_methods: ClassVar[dict[str, str]] = {}
     """Methods it cannot be trained with, and why."""
+    images: ClassVar[bool] = False
+    """Its rows are images (data/images.py stores them), read by the model's image processor instead of
+    a tokenizer."""
+    unit: ClassVar[str] = "tok"
+    """What throughput counts: tokens, or images for an image task."""
 
     def check_row(self, example: dict) -> str | None:
         """Why this task cannot learn from a normalised row (None when it can)."""
@@ -44,6 +51,7 @@ class Task:
 
     def refusal(self, kind: str) -> str:
         hint = {"labelled": " For text with a label use task: classification (or regression for numbers).",
+                "image": " For images with a label use task: image_classification.",
                 "messages": " For conversations use task: chat.",
                 "text": " Rows need a `label` column (map yours with `columns: {label: YOUR_COLUMN}`)."}
         return (f"this row is a {kind} row, which task {self.name} does not learn from (it takes "
@@ -62,10 +70,10 @@ class Task:
         trains them in full (LoRA keeps them as modules_to_save)."""
         return []
 
-    def loss_model(self, model, recipe, train: list):
+    def loss_model(self, model, recipe, train: list, inputs=None):
         """Its own loss module (forward(batch) -> loss sum, count, correct; collate(rows, pad_id, bucket)),
         or None for the next-token loss on the labels of each token (train/loss.py, LossModel).
-        `train` is the encoded training split (for class weights)."""
+        `train` is the encoded training split (for class weights), `inputs` the tokenizer or image processor."""
 
     def encode(self, example: dict, tokenizer, max_length: int, train_on_prompt: bool = False, classes=None):
         raise NotImplementedError
@@ -80,7 +88,9 @@ class Task:
 
 
 def row_kind(example: dict) -> str:
-    """What a normalised row holds: a conversation, raw text, or text with a label."""
+    """What a normalised row holds: a conversation, raw text, text with a label, or an image with one."""
     if "messages" in example:
         return "messages"
+    if "image" in example:
+        return "image"
     return "labelled" if "label" in example else "text"

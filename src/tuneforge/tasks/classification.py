@@ -39,7 +39,7 @@ class Classification(HeadTask):
         numeric = all(n.lstrip("-").isdigit() for n in names)
         return Classes(sorted(names, key=int) if numeric else sorted(names), MULTI if multi == {True} else SINGLE)
 
-    def loss_model(self, model, recipe, train):
+    def loss_model(self, model, recipe, train, inputs=None):
         import torch
 
         problem = model.config.problem_type
@@ -48,7 +48,8 @@ class Classification(HeadTask):
             counts = torch.bincount(torch.tensor([e.target for e in train]), minlength=model.config.num_labels)
             weights = len(train) / (len(counts) * counts.clamp(min=1).double())
             weights = weights.float().to(next(model.parameters()).device)
-        return head_loss_model(model, problem, recipe.train.label_smoothing, weights)
+        return head_loss_model(model, problem, recipe.train.label_smoothing, weights,
+                               self.collator(inputs, problem, recipe))
 
     def target(self, example: dict, classes: Classes):
         labels = classes.names

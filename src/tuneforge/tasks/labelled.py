@@ -40,6 +40,10 @@ class Labelled:
     truncated: bool
     loss_tokens: int = 1
 
+    @property
+    def length(self) -> int:
+        return len(self.input_ids)
+
 
 NO_PROMPT = ("a soft prompt conditions generation; a head reads the encoder's output. Use lora, full or "
              "freeze.")
@@ -75,6 +79,11 @@ class HeadTask(Task):
     def head_modules(self, model) -> list[str]:
         return head_modules(model)
 
+    def collator(self, inputs, problem: str, recipe=None):
+        """For rows that are not token ids: a function (rows, training) -> batch with `labels` (training
+        batches augmented as `recipe` says); None for text, which collate_labelled pads."""
+        return None
+
     def token_lengths(self, examples: list[dict], tokenizer) -> list[int]:
         return labelled_lengths(examples, tokenizer)
 
@@ -94,8 +103,9 @@ def labelled_lengths(examples: list[dict], tokenizer) -> list[int]:
     return [len(enc.ids) for enc in tokenizer.backend_tokenizer.encode_batch_fast(inputs, add_special_tokens=True)]
 
 
-def head_loss_model(model, problem: str, label_smoothing: float = 0.0, class_weights=None):
-    """The model and its head's loss as one module (DDP / FSDP wrap the forward that backward follows)."""
+def head_loss_model(model, problem: str, label_smoothing: float = 0.0, class_weights=None, collator=None):
+    """The model and its head's loss as one module (DDP / FSDP wrap the forward that backward follows).
+    `collator(rows, training)` makes its batches when the rows are not token ids (images)."""
     import torch
     import torch.nn.functional as F
 
@@ -122,6 +132,8 @@ def head_loss_model(model, problem: str, label_smoothing: float = 0.0, class_wei
             return loss, len(y), 0 if self.training else int(right.sum())
 
         def collate(self, rows: list[Labelled], pad_id: int, bucket: bool = False) -> dict:
+            if collator is not None:
+                return collator(rows, self.training)
             return collate_labelled(rows, pad_id, problem, bucket)
 
     return HeadLoss()

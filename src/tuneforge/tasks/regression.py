@@ -22,7 +22,7 @@ class Regression(HeadTask):
     def classes(self, train: list[dict]) -> Classes:
         return Classes(["value"], REGRESSION)
 
-    def loss_model(self, model, recipe, train):
+    def loss_model(self, model, recipe, train, inputs=None):
         return head_loss_model(model, REGRESSION)
 
     def target(self, example: dict, classes: Classes) -> float:

@@ -13,6 +13,11 @@ class Encoded:
     truncated: bool
 
     @property
+    def length(self) -> int:
+        """What a batch pads (or packs) it to: its tokens."""
+        return len(self.input_ids)
+
+    @property
     def loss_tokens(self) -> int:
         """Tokens that are next-token targets (the first token never is: nothing precedes it)."""
         return sum(label != IGNORE for label in self.labels[1:])

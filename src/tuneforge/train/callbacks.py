@@ -120,7 +120,8 @@ class Progress(Callback):
     def on_step_end(self, fit: Fit, step: Step) -> None:
         fit.window.add(step.loss, step.tokens)
         fit.bar.update(1)
-        fit.bar.set_postfix(loss=f"{step.loss:.3f}", tok_s=f"{fit.window.tokens_per_s():.0f}", refresh=False)
+        fit.bar.set_postfix({"loss": f"{step.loss:.3f}", f"{fit.t.task.unit}_s": f"{fit.window.tokens_per_s():.0f}"},
+                            refresh=False)
         if fit.trackers and (fit.state.step % fit.recipe.train.log_every == 0 or step.last):
             fit.trackers.log(fit.window.record(fit.state, fit.t.scheduler.get_last_lr()[0], step.grad_norm,
                                                fit.t.device))

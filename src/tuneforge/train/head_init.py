@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from tuneforge.errors import UserError
+from tuneforge.methods.model_parts import final_linear
 from tuneforge.tasks.labelled import MULTI, REGRESSION
 
 ROWS_PER_BATCH = 32
@@ -17,7 +18,10 @@ ROWS_PER_BATCH = 32
 def init_head_from_probe(model, train: list, collate, pad_id: int, device: str, autocast, seed: int = 0) -> dict:
     """Fit the probe on the head's input features and copy it into the head; returns what it fitted.
     `autocast` is the training's (frozen weights may be stored in its dtype)."""
-    head = _final_linear(model)
+    try:
+        head = final_linear(model)
+    except UserError as e:
+        raise UserError(f"head.init: probe: {e} Set head.init: random.") from None
     features = []
     hook = head.register_forward_hook(lambda _module, inputs, _out: features.append(inputs[0].float().cpu()))
     was_training = model.training
@@ -54,13 +58,3 @@ def _fit(problem: str, x: np.ndarray, y: np.ndarray, seed: int) -> tuple[np.ndar
         return np.concatenate([-fit.coef_, fit.coef_]) / 2, np.concatenate([-fit.intercept_, fit.intercept_]) / 2, \
             fit.score(x, y)
     return fit.coef_, fit.intercept_, fit.score(x, y)
-
-
-def _final_linear(model) -> torch.nn.Linear:
-    """The head's last linear layer (classifier, score, classifier.out_proj; under PEFT the trained copy)."""
-    found = [(name, m) for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)
-             and any(part in ("classifier", "score") for part in name.split(".")) and "original_module" not in name]
-    if not found:
-        raise UserError(f"head.init: probe: {type(model).__name__} has no classifier / score layer to start from a "
-                        "probe; set head.init: random.")
-    return found[-1][1]

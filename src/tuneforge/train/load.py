@@ -24,6 +24,8 @@ def load_for_method(model_dir: Path, recipe: Recipe, device: str, precision: str
     method, task = get_method(recipe.method), get_task(recipe.task)
     config = task_config(model_dir, recipe, classes, pad_id)
     kwargs = {"config": config, "dtype": torch.float32, **method.load_options(device)}
+    if task.head:  # a checkpoint's own head (ImageNet's 1,000 classes) gives way to the task's new one
+        kwargs["ignore_mismatched_sizes"] = True
     if recipe.train.packing:
         kwargs["attn_implementation"] = packed_attention.NAME
     model = getattr(transformers, task.model_class).from_pretrained(model_dir, **kwargs)

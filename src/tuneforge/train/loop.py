@@ -109,7 +109,7 @@ def train_step(t: Trainee, examples: list[Encoded], indices: list[int], plan: Tr
     t.scheduler.step()
     t.optimizer.zero_grad(set_to_none=True)
     t.dist.all_reduce(total)
-    return float(total) / n_loss, sum(len(examples[i].input_ids) for i in indices), grad_norm
+    return float(total) / n_loss, sum(examples[i].length for i in indices), grad_norm
 
 
 def step_batches(examples: list[Encoded], indices: list[int], micro_batch: int, recipe: Recipe,

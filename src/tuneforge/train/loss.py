@@ -119,7 +119,7 @@ def evaluate_loss(loss_model: LossModel, examples: list, micro_batch: int, pad_i
     was_training = loss_model.training
     loss_model.eval()
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # on the device, where the collective runs
-    ordered = sorted(examples, key=lambda e: len(e.input_ids))
+    ordered = sorted(examples, key=lambda e: e.length)
     batches = [ordered[i:i + micro_batch] for i in range(0, len(ordered), micro_batch)]
     with autocast():
         bucket = shapes_cached_now(loss_model, device)

@@ -21,13 +21,13 @@ from tuneforge.data.split import SPLITS
 from tuneforge.errors import UserError
 from tuneforge.methods import get_method
 from tuneforge.methods.model_parts import trainable_parameters, transformer_blocks
-from tuneforge.models.chat_template import ensure_chat_template
-from tuneforge.models.loader import load_tokenizer, resolve_model
+from tuneforge.models.loader import load_inputs, resolve_model
 from tuneforge.recipe import Recipe, load_recipe, validate_recipe
 from tuneforge.run_folder import create_run_dir, open_run, truncate_metrics, write_env
 from tuneforge.runtime.distributed import check_batch, device_for, full_state, init_distributed, shutdown, wrap
 from tuneforge.runtime.hardware import choose_precision
 from tuneforge.tasks import get_task
+from tuneforge.tasks.image_inputs import set_image_side
 from tuneforge.train.checkpoint import LoopState, list_checkpoints, load_checkpoint
 from tuneforge.train.compile import AutoCompile, compile_blocks
 from tuneforge.train.head_init import init_head_from_probe
@@ -35,7 +35,7 @@ from tuneforge.train.load import load_for_method
 from tuneforge.train.loop import Trainee, fit
 from tuneforge.train.loss import LossModel
 from tuneforge.train.optim import make_optimizer, make_schedule
-from tuneforge.train.plan import ModelShape, TrainPlan, format_plan, make_plan, model_shape
+from tuneforge.train.plan import ModelShape, TrainPlan, format_plan, image_tokens, make_plan, model_shape
 from tuneforge.train.tracking import Trackers
 
 
@@ -105,9 +105,7 @@ def plan_training(recipe: Recipe, prepared: Path | None = None) -> Setup:
     device = device_for(d)
     precision = choose_precision(recipe.train.precision, device.split(":")[0])
     model_dir = resolve_model(recipe.model.name)
-    tokenizer = load_tokenizer(model_dir)
-    if task.chat_template:
-        ensure_chat_template(tokenizer)
+    tokenizer = load_inputs(model_dir, task)  # or, for an image task, its image processor
     if prepared is None:
         if not d.main:
             d.barrier()  # rank 0 prepares (or finds) the data first; the others then find it in the cache
@@ -123,8 +121,11 @@ def plan_training(recipe: Recipe, prepared: Path | None = None) -> Setup:
                         f"examples; lower it to at most {n_train} or add data.")
     check_batch(cfg.global_batch_size, d)
     shape = model_shape(model_dir, recipe, data.classes)
-    plan = make_plan(recipe, shape, n_train=n_train, longest_example=max(len(e.input_ids) for e in data.encoded["train"]),
-                     device=device, precision=precision, world=d.world)
+    longest = max(e.length for e in data.encoded["train"])
+    if task.images:
+        longest = image_tokens(model_dir, recipe.data.image.size, shape)
+    plan = make_plan(recipe, shape, n_train=n_train, longest_example=longest, device=device, precision=precision,
+                     world=d.world, largest=task.images)
     if plan.memory.total > plan.available:
         raise UserError(f"this run needs about {plan.memory.total / 2**30:.1f} GiB but {plan.available / 2**30:.1f} GiB "
                         f"is free:\n{format_plan(plan, shape, cfg.packing)}\nTo fit: method: lora or qlora, "
@@ -141,7 +142,8 @@ def plan_training(recipe: Recipe, prepared: Path | None = None) -> Setup:
         print(f"Plan ({recipe.method} on {Path(recipe.model.name).name}, {device}, {precision}):\n"
               f"{format_plan(plan, shape, cfg.packing)}")
     setup = Setup(recipe, tokenizer, prepared, data, shape, plan, derived)
-    setup.trainee = Trainee(None, None, None, {}, None, None, tokenizer.pad_token_id, device, precision, d, task)
+    setup.trainee = Trainee(None, None, None, {}, None, None, getattr(tokenizer, "pad_token_id", None), device,
+                            precision, d, task)
     return setup
 
 
@@ -149,10 +151,16 @@ def derive_defaults(recipe: Recipe, task, tokenizer, prepared: Path, splits: dic
     """Fill the recipe's empty data.max_length (derived when the data was prepared), train.epochs and,
     for a task that generates, eval.max_new_tokens (data/defaults.py); returns what was derived, why."""
     derived = []
-    if recipe.data.max_length is None:
+    if recipe.data.max_length is None and not task.images:
         manifest = json.loads((prepared / "manifest.json").read_text())
         recipe.data.max_length = manifest["tokens"]["max_length"]
         derived += [Derived(key, r["value"], r["why"]) for key, r in manifest.get("derived", {}).items()]
+    if task.images:
+        if recipe.data.image.size is None:
+            record = json.loads((prepared / "manifest.json").read_text())["derived"]["data.image.size"]
+            derived.append(Derived("data.image.size", record["value"], record["why"]))
+            recipe.data.image.size = record["value"]
+        set_image_side(tokenizer, recipe.data.image.size)  # saved with the model: every later stage sees it
     if recipe.train.epochs is None and recipe.train.max_steps is None:
         derived.append(defaults.epochs(len(splits["train"])))
         recipe.train.epochs = float(derived[-1].value)
@@ -187,7 +195,7 @@ def load_trainee(setup: Setup, lr: float | None = None) -> Trainee:
         # a method that changes which blocks learn (gradual_unfreeze) would recompile them.
         with contextlib.suppress(UserError):  # a model without decoder.layers stays eager
             t.compiler = AutoCompile(transformer_blocks(t.model))
-    t.loss_model = (t.task.loss_model(t.model, recipe, setup.data.encoded["train"])
+    t.loss_model = (t.task.loss_model(t.model, recipe, setup.data.encoded["train"], setup.tokenizer)
                     or LossModel(t.model, cfg.label_smoothing))
     if t.task.head and recipe.head.init == "probe":
         fitted = init_head_from_probe(t.model, setup.data.encoded["train"], t.loss_model.collate, t.pad_id, t.device,
