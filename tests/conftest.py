@@ -228,3 +228,52 @@ def pytest_runtest_makereport(item, call):
     report = (yield).get_result()
     if report.failed and item.get_closest_marker("fuzz"):
         report.sections.append(("fuzz seed", f"rerun this test's cases with TUNEFORGE_FUZZ_SEED={FUZZ_SEED}"))
+
+
+def build_tiny_image_model(folder: Path) -> Path:
+    """A random EfficientNet-Lite with two small stages (~5 k parameters) and a 32-pixel image processor,
+    saved as a model folder, as the bundled one is."""
+    import torch
+    from transformers import ViTImageProcessor
+
+    from tuneforge.models.efficientnet_lite import EfficientNetLiteConfig, EfficientNetLiteForImageClassification
+
+    torch.manual_seed(0)
+    config = EfficientNetLiteConfig(stages=[(1, 3, 1, 1, 8, 8), (2, 5, 2, 4, 8, 12)], stem_channels=8,
+                                    head_channels=16, num_labels=5, batch_norm_momentum=0.1)
+    EfficientNetLiteForImageClassification(config).save_pretrained(folder)
+    ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_image_model(tmp_path_factory) -> Path:
+    return build_tiny_image_model(tmp_path_factory.mktemp("tiny-efficientnet"))
+
+
+PATTERNS = ("stripes", "columns", "checks")
+
+
+def pattern_image(kind: str, seed: int, size: int = 40):
+    """A noisy, randomly coloured picture of horizontal stripes, vertical stripes or a checkerboard: three
+    classes a tiny convolutional model tells apart, each image its own (no two are near duplicates)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[:size, :size]
+    period, phase = int(rng.integers(4, 9)), int(rng.integers(0, 8))
+    on = {"stripes": (y + phase) // period % 2, "columns": (x + phase) // period % 2,
+          "checks": ((x + phase) // period + (y + phase) // period) % 2}[kind].astype(bool)
+    colours = rng.integers(0, 256, (2, 3))
+    pixels = np.where(on[..., None], colours[0], colours[1]) + rng.normal(0, 25, (size, size, 3))
+    return Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
+
+
+def write_image_folder(root: Path, per_class: int, start: int = 0, suffix: str = ".png") -> Path:
+    """One subfolder per pattern, `per_class` images in each (the ImageFolder convention)."""
+    for c, kind in enumerate(PATTERNS):
+        (root / kind).mkdir(parents=True, exist_ok=True)
+        for i in range(start, start + per_class):
+            pattern_image(kind, 1000 * c + i).save(root / kind / f"{i:03d}{suffix}")
+    return root

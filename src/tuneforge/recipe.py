@@ -64,6 +64,9 @@ class SourceSpec(Section):
     """For a saved `datasets` folder or a hub data set: which split to read (default `train`)."""
     hf_config: str | None = None
     """For a hub data set: the configuration name, if it has several."""
+    max_rows: int | None = Field(None, ge=1)
+    """Read only this source's first rows (a quick trial on a large set); data.max_train_examples takes
+    a seeded sample of the training split instead."""
 
     @field_validator("path")
     @classmethod

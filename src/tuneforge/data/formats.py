@@ -63,18 +63,18 @@ class RowReader:
 
     def detect(self, row: dict) -> str:
         for fmt, fields in REQUIRED.items():
-            if all(self._column(row, f) is not None for f in fields):
+            if all(self.column(row, f) is not None for f in fields):
                 return fmt
         raise RowError(f"no known format; found columns {sorted(row)}. {suggest_mapping(row)}")
 
-    def _column(self, row: dict, field: str) -> str | None:
+    def column(self, row: dict, field: str) -> str | None:
         """The row's column for a canonical field: the mapped one, the field itself, or an alias."""
         if field in self.spec.columns:
             return self.spec.columns[field] if self.spec.columns[field] in row else None
         return next((name for name in ALIASES.get(field, (field,)) if name in row), None)
 
     def _get(self, row: dict, field: str, optional: bool = False):
-        column = self._column(row, field)
+        column = self.column(row, field)
         if column is None:
             if optional:
                 return None
@@ -85,7 +85,7 @@ class RowReader:
         value = self._get(row, field, optional)
         if value is None and optional:
             return None
-        column = self._column(row, field)
+        column = self.column(row, field)
         if not isinstance(value, str):
             raise RowError(f"`{column}` must be a string, got {type(value).__name__} {value!r:.60}.", column)
         if not value.strip() and not optional:

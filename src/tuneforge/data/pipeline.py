@@ -8,6 +8,7 @@ It streams in three passes so a million rows fit in well under 2 GB:
 3. copy the spill file into the split files.
 """
 
+import itertools
 import json
 from array import array
 from collections import Counter
@@ -141,8 +142,11 @@ def read_all(recipe: Recipe, tokenizer, fingerprints: list[dict], work: Path,
             formats: Counter = Counter()
             batch: list[Pending] = []
             read = invalid = 0
-            bar = tqdm(read_source(spec, d.max_row_chars), desc=f"read {Path(spec.path).name}", unit=" rows",
-                       total=info.pop("rows_estimate", None), mininterval=1.0, smoothing=0.1, disable=None)
+            total = info.pop("rows_estimate", None)
+            total = min(total, spec.max_rows) if total and spec.max_rows else total or spec.max_rows
+            bar = tqdm(itertools.islice(read_source(spec, d.max_row_chars), spec.max_rows),
+                       desc=f"read {Path(spec.path).name}", unit=" rows", total=total, mininterval=1.0, smoothing=0.1,
+                       disable=None)
             for where, row in bar:
                 read += 1
                 try:

@@ -45,6 +45,25 @@ logits = session.run(None, {{i.name: inputs[i.name] for i in session.get_inputs(
 ```
 
 Checked against PyTorch on {rows} test rows: largest logit difference {max_abs_difference:.1e} (tolerance {tolerance:g}).""",
+    "hf_image": """```python
+from transformers import pipeline
+
+# trust_remote_code: the folder carries its model's code (efficientnet_lite.py) when transformers lacks it
+classifier = pipeline("image-classification", model="{path}", trust_remote_code=True)
+print(classifier("photo.jpg", top_k=3))
+```""",
+    "onnx_image": """```python
+import onnxruntime
+from PIL import Image
+from transformers import AutoImageProcessor
+
+processor = AutoImageProcessor.from_pretrained("{path}")
+session = onnxruntime.InferenceSession("{path}/model.onnx")
+pixels = processor([Image.open("photo.jpg").convert("RGB")], return_tensors="np")["pixel_values"]
+logits = session.run(None, {{"pixel_values": pixels}})[0]
+```
+
+Checked against PyTorch on {rows} test images: largest logit difference {max_abs_difference:.1e} (tolerance {tolerance:g}).""",
     "adapter_head": """```python
 from peft import AutoPeftModelForSequenceClassification
 from transformers import AutoTokenizer
@@ -59,6 +78,13 @@ ollama create tuned -f {path}/Modelfile && ollama run tuned
 }
 
 
+def _usage(recipe: Recipe, fmt: str) -> str:
+    task = TASKS[recipe.task]
+    if task.images and fmt in ("hf", "onnx"):
+        return f"{fmt}_image"
+    return f"{fmt}_head" if task.head else fmt
+
+
 def model_card(run_dir: Path, recipe: Recipe, fmt: str, out: Path, extra: dict | None = None) -> str:
     summary = run_summary(run_dir)
     entry = CATALOG.get(recipe.model.name)
@@ -71,7 +97,7 @@ def model_card(run_dir: Path, recipe: Recipe, fmt: str, out: Path, extra: dict |
              f"# {run_dir.name}", "",
              f"{base} fine-tuned with tuneforge ({recipe.method}, {summary['steps']} steps) on "
              f"{_data_line(run_dir)}. Exported as `{fmt}` from the run folder `{run_dir}`.", "",
-             "## Use", "", USAGE[f"{fmt}_head" if TASKS[recipe.task].head else fmt].format(
+             "## Use", "", USAGE[_usage(recipe, fmt)].format(
                  path=out, base=base, **(extra or {})), ""]
     lines += _metrics_section(run_dir, summary)
     lines += ["## Data", "", *_manifest_lines(run_dir), "",

@@ -83,13 +83,16 @@ def _write(run_dir: Path, recipe, fmt: str, quant: str, folder: Path, adapter: b
         return {}
     if fmt == "onnx":
         from tuneforge.data.prepare import read_split
-        from tuneforge.deploy.onnx import export_onnx
+        from tuneforge.deploy.onnx import export_image_onnx, export_onnx
 
         hf_dir = folder.with_name(f"{folder.name}-hf")
         try:
             _merged(run_dir, recipe, hf_dir, adapter)
-            texts = [r["text"] for r in read_split(run_dir / "data", "test")][:64]
-            return export_onnx(hf_dir, folder, texts)
+            test = read_split(run_dir / "data", "test")[:64]
+            if get_task(recipe.task).images:
+                images = [r["image"] for r in test or read_split(run_dir / "data", "train")[:8]]
+                return export_image_onnx(hf_dir, folder, images)
+            return export_onnx(hf_dir, folder, [r["text"] for r in test])
         finally:
             shutil.rmtree(hf_dir, ignore_errors=True)
     folder.mkdir()
@@ -105,7 +108,7 @@ def _write(run_dir: Path, recipe, fmt: str, quant: str, folder: Path, adapter: b
 def _merged(run_dir: Path, recipe, folder: Path, adapter: bool) -> None:
     """A plain transformers folder: the adapter merged into an fp32 base (with a task's head and its
     id2label), or the full run's weights."""
-    from tuneforge.models.loader import load_model, load_tokenizer, resolve_model
+    from tuneforge.models.loader import load_inputs, load_model, resolve_model
 
     model_dir = run_dir / "model"
     if not adapter:
@@ -121,7 +124,7 @@ def _merged(run_dir: Path, recipe, folder: Path, adapter: bool) -> None:
     else:
         merged = PeftModel.from_pretrained(load_model(resolve_model(recipe.model.name)), model_dir).merge_and_unload()
     merged.save_pretrained(folder)
-    load_tokenizer(model_dir).save_pretrained(folder)
+    load_inputs(model_dir, get_task(recipe.task)).save_pretrained(folder)
 
 
 def _point_adapter_at_hub(folder: Path, model_name: str) -> None:

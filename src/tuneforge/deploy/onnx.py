@@ -1,6 +1,7 @@
 """`tuneforge export RUN --format onnx` for a classification / regression run: the merged model as one
 ONNX graph (torch.onnx's exporter over torch.export, batch and sequence length dynamic) that maps
-input_ids, attention_mask (and token_type_ids) to logits, with the tokenizer and config next to it.
+input_ids, attention_mask (and token_type_ids) to logits, with the tokenizer and config next to it; for an
+image run, pixel_values (batch dynamic, the processor's size) to logits, with the image processor.
 
 The export is checked before it is kept: onnxruntime and PyTorch run the same test rows, and the
 logits must agree within TOLERANCE, or nothing is written."""
@@ -46,6 +47,46 @@ def export_onnx(hf_dir: Path, folder: Path, check_texts: list[str]) -> dict:
     return check
 
 
+def export_image_onnx(hf_dir: Path, folder: Path, check_images: list[str]) -> dict:
+    """Write folder/model.onnx for an image classifier; checked on the test split's images."""
+    import onnxruntime
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    from tuneforge.models import loader  # noqa: F401  (registers the bundled EfficientNet-Lite's classes)
+    from tuneforge.tasks.image_inputs import pixel_values
+
+    model = AutoModelForImageClassification.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    processor = AutoImageProcessor.from_pretrained(hf_dir)
+    sample = pixel_values(processor, (check_images * 2)[:2])  # two: a batch of one would be traced as fixed
+    folder.mkdir(parents=True)
+    print("Exporting to ONNX ...", flush=True)
+    with _quiet():
+        torch.onnx.export(_ImageLogits(model).eval(), (sample,), folder / "model.onnx", input_names=["pixel_values"],
+                          output_names=["logits"], dynamic_shapes={"pixel_values": {0: torch.export.Dim("batch")}},
+                          opset_version=OPSET, dynamo=True, optimize=True, verbose=False)
+    processor.save_pretrained(folder)
+    model.config.save_pretrained(folder)
+    session = onnxruntime.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    worst = 0.0
+    with torch.no_grad():
+        for i in range(0, len(check_images), 16):
+            pixels = pixel_values(processor, check_images[i:i + 16])
+            theirs = session.run(None, {"pixel_values": pixels.numpy()})[0]
+            worst = max(worst, float(np.abs(theirs - model(pixel_values=pixels).logits.numpy()).max()))
+    check = _verdict(folder / "model.onnx", worst, len(check_images))
+    (folder / "onnx_check.json").write_text(json.dumps(check, indent=1) + "\n")
+    return check
+
+
+class _ImageLogits(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values):
+        return self.model(pixel_values=pixel_values).logits
+
+
 @contextlib.contextmanager
 def _quiet():
     """The exporter's notes that do not concern this model (torchvision's ops missing, axis renames)."""
@@ -80,7 +121,11 @@ def _check(model, tokenizer, path: Path, names: list[str], texts: list[str], ses
         theirs = session.run(None, {n: enc[n].astype(np.int64) for n in names})[0]
         ours = model(**{n: torch.from_numpy(enc[n].astype(np.int64)) for n in names}).logits.numpy()
         worst = max(worst, float(np.abs(theirs - ours).max()))
+    return _verdict(path, worst, len(texts))
+
+
+def _verdict(path: Path, worst: float, rows: int) -> dict:
     if worst > TOLERANCE:
         raise UserError(f"{path}: onnxruntime's logits differ from PyTorch's by up to {worst:.2e} (more than "
-                        f"{TOLERANCE:g}) on {len(texts)} test rows; the export was not kept. Export --format hf.")
-    return {"rows": len(texts), "max_abs_difference": worst, "tolerance": TOLERANCE, "opset": OPSET}
+                        f"{TOLERANCE:g}) on {rows} test rows; the export was not kept. Export --format hf.")
+    return {"rows": rows, "max_abs_difference": worst, "tolerance": TOLERANCE, "opset": OPSET}

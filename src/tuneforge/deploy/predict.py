@@ -1,7 +1,8 @@
 """`tuneforge predict RUN --input FILE`: a classification or regression run's predictions for every row of
 a file (any format `data.sources` reads: JSONL, CSV, Parquet, ...), written as JSONL (id, text, the
 label and the score of each class, or the value) or CSV (one score column per class). Rows need a
-`text` column (and may have `text_pair`); a label column, when present, is kept next to the prediction.
+`text` column (and may have `text_pair`), or for an image run an `image` path (or the input is an image
+folder); a label column, when present, is kept next to the prediction.
 The output is written next to its final path and renamed: an error leaves nothing half-written."""
 
 import csv
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from tuneforge.data.formats import RowReader
 from tuneforge.data.sources import read_source
 from tuneforge.errors import RowError, UserError
 from tuneforge.inference.heads import ROWS_PER_BATCH, HeadModel, prediction
@@ -38,7 +40,8 @@ def predict_file(run_dir: Path, input_path: Path, out: Path | None = None, text_
         raise UserError(f"--out {out}: write .jsonl or .csv.")
     if out.exists() and not overwrite:
         raise UserError(f"--out {out}: already exists; nothing was written. Choose another --out or pass --overwrite.")
-    rows = _rows(input_path, text_column)
+    images = get_task(task).images
+    rows = _image_rows(input_path) if images else _rows(input_path, text_column)
     model = HeadModel(run_dir)
     outputs = []
     for i in tqdm(range(0, len(rows), ROWS_PER_BATCH), desc="predict", unit=" batches", disable=None):
@@ -74,6 +77,33 @@ def _rows(path: Path, text_column: str) -> list[dict]:
     return rows
 
 
+def _image_rows(path: Path) -> list[dict]:
+    """Rows naming an image file (an `image` / `file_name` column, relative to the input file's folder), or
+    every image of an image folder (its subfolders' names kept as the true labels)."""
+    spec = SourceSpec(path=str(path))
+    reader = RowReader(spec, None, None)
+    rows = []
+    for where, row in read_source(spec, MAX_ROW_CHARS):
+        if isinstance(row, RowError):
+            raise UserError(f"{where}: {row}")
+        column = reader.column(row, "image")
+        value = row.get(column) if column else None
+        if not isinstance(value, str) or not value.strip():
+            raise UserError(f"{where}: needs an `image` column with the path of an image file to predict for; "
+                            f"found {sorted(row)}.")
+        image = Path(value).expanduser()
+        image = image if image.is_absolute() else reader.base / image
+        if not image.is_file():
+            raise UserError(f"{where}: `{column}` is {value!r}, and there is no such file (looked for {image}).")
+        out = {"id": str(row.get("id", len(rows))), "image": str(image)}
+        if "label" in row:
+            out["true_label"] = row["label"]
+        rows.append(out)
+    if not rows:
+        raise UserError(f"--input {path}: no rows.")
+    return rows
+
+
 def _write_jsonl(path: Path, records: list[dict], classes) -> None:
     with path.open("w", encoding="utf-8") as f:
         for r in records:
@@ -86,7 +116,7 @@ def _write_csv(path: Path, records: list[dict], classes) -> None:
     else:
         prediction_columns = ["labels" if classes.problem == MULTI else "label"] + \
                              (["score"] if classes.problem != MULTI else []) + [f"score_{n}" for n in classes.names]
-    columns = [c for c in ("id", "text", "text_pair", "true_label") if any(c in r for r in records)] + prediction_columns
+    columns = [c for c in ("id", "text", "text_pair", "image", "true_label") if any(c in r for r in records)] + prediction_columns
     with path.open("w", encoding="utf-8", newline="") as f:
         writer = csv.DictWriter(f, columns)
         writer.writeheader()

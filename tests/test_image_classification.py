@@ -1,0 +1,154 @@
+"""image_classification on a tiny random EfficientNet-Lite built in-process, over three classes of
+generated pattern images: augmentation only for training, the plan, training, the evaluation against the
+majority class and a linear probe, predict, and the exports (transformers' image-classification pipeline
+on the hf folder, onnxruntime on the ONNX graph)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from conftest import pattern_image, read_jsonl, write_image_folder
+from tuneforge.cli.main import main
+from tuneforge.recipe import validate_recipe
+
+
+def image_run_recipe(model, data, name: str, **train) -> dict:
+    return {"name": name, "task": "image_classification", "model": {"name": str(model)},
+            "data": {"sources": [str(data)], "val_ratio": 0.15, "test_ratio": 0.2},
+            "train": {"global_batch_size": 8, "max_steps": 60, "eval_every": 30, "learning_rate": 3e-3,
+                      "precision": "fp32", **train}}
+
+
+@pytest.fixture(scope="module")
+def image_run(tmp_path_factory, tiny_image_model):
+    from tuneforge.train.run import train
+
+    root = tmp_path_factory.mktemp("image-run")
+    data = write_image_folder(root / "patterns", per_class=30)
+    return train(validate_recipe(image_run_recipe(tiny_image_model, data, "patterns")), root / "runs")
+
+
+def test_training_augments_and_validation_does_not(tiny_image_model, tmp_path):
+    from tuneforge.models.loader import load_inputs
+    from tuneforge.tasks import get_task
+    from tuneforge.tasks.image_inputs import ImageExample
+
+    task = get_task("image_classification")
+    processor = load_inputs(tiny_image_model, task)
+    path = tmp_path / "one.png"
+    pattern_image("stripes", 1, size=48).save(path)
+    rows = [ImageExample("a", str(path), 0)] * 4
+    recipe = validate_recipe({"task": "image_classification"})
+    collate = task.collator(processor, "single_label_classification", recipe)
+    torch.manual_seed(0)
+    train = collate(rows, training=True)["pixel_values"]
+    assert train.shape == (4, 3, 32, 32)
+    assert len({t.numpy().tobytes() for t in train}) == 4  # four different crops / flips of the same image
+    plain = collate(rows)["pixel_values"]
+    assert torch.equal(plain[0], plain[3])
+    recipe.data.image.augment = False
+    assert torch.equal(task.collator(processor, "single_label_classification", recipe)(rows, training=True)
+                       ["pixel_values"], plain)
+
+
+def test_random_resized_crop_keeps_the_asked_share_of_the_area():
+    from PIL import Image
+
+    from tuneforge.tasks.image_inputs import random_resized_crop
+
+    torch.manual_seed(0)
+    image = Image.new("RGB", (100, 80))
+    areas = [np.prod(random_resized_crop(image, 0.5).size) / 8000 for _ in range(200)]
+    assert min(areas) >= 0.48 and max(areas) <= 1.0 and np.mean(areas) > 0.6
+
+
+def test_the_run_trains_the_whole_model_with_the_largest_micro_batch(image_run, tiny_image_model):
+    from safetensors.torch import load_file
+
+    recipe = yaml.safe_load((image_run / "recipe.yaml").read_text())
+    assert recipe["method"] == "full" and recipe["data"]["image"]["size"] == 32  # derived: the model's own
+    plan = json.loads((image_run / "plan.json").read_text())
+    assert plan["micro_batch"] == 8 and plan["accumulation"] == 1  # BatchNorm sees the whole batch
+    assert plan["derived"]["data.image.size"]["value"] == 32
+    assert (image_run / "model" / "efficientnet_lite.py").is_file()
+    processor = json.loads((image_run / "model" / "preprocessor_config.json").read_text())
+    assert processor["size"] == {"height": 32, "width": 32}
+    before, after = load_file(tiny_image_model / "model.safetensors"), load_file(image_run / "model" / "model.safetensors")
+    moved = [k for k in before if "classifier" not in k and k in after and not torch.equal(before[k], after[k])]
+    assert len(moved) > len(before) // 2
+    log = [json.loads(line) for line in (image_run / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in log if "val_loss" in r]
+    assert val[-1]["val_loss"] < val[0]["val_loss"]
+
+
+def test_eval_beats_the_majority_and_writes_the_image_report(image_run):
+    from tuneforge.evaluate.heads import evaluate_head
+
+    metrics = evaluate_head(image_run)
+    assert metrics["images"] and metrics["test_examples"] == 18
+    assert metrics["tuned"]["scores"]["accuracy"]["value"] > metrics["majority"]["scores"]["accuracy"]["value"] + 0.2
+    assert metrics["probe"]["scores"]["accuracy"]["value"] > 0.3
+    f = metrics["forgetting"]
+    assert f["documents"] == 51 and -1 <= f["min_cosine"] <= f["mean_cosine"] <= 1
+    predictions = read_jsonl(image_run / "eval" / "predictions.jsonl")
+    assert len(predictions) == 18 and all(p["image"].endswith(".png") and "tuned" in p for p in predictions)
+    assert (image_run / "eval" / "confusion.png").is_file()
+    assert "pooled features" in (image_run / "eval" / "report.md").read_text()
+
+
+def test_predict_reads_image_paths_and_image_folders(image_run, tmp_path, capsys):
+    folder = write_image_folder(tmp_path / "new", per_class=2, start=100)
+    files = sorted(folder.rglob("*.png"))
+    (tmp_path / "rows.csv").write_text("image\n" + "".join(f"new/{f.parent.name}/{f.name}\n" for f in files))
+    assert main(["predict", str(image_run), "--input", str(tmp_path / "rows.csv"), "--out", str(tmp_path / "p.csv")]) == 0
+    lines = (tmp_path / "p.csv").read_text().splitlines()
+    assert lines[0].startswith("id,image,label,score,score_checks") and len(lines) == 7
+    assert main(["predict", str(image_run), "--input", str(folder), "--out", str(tmp_path / "p.jsonl")]) == 0
+    records = read_jsonl(tmp_path / "p.jsonl")
+    assert {r["true_label"] for r in records} == {"checks", "columns", "stripes"} and all("label" in r for r in records)
+    (tmp_path / "bad.csv").write_text("image\nmissing.png\n")
+    assert main(["predict", str(image_run), "--input", str(tmp_path / "bad.csv")]) == 2
+    assert "missing.png" in capsys.readouterr().err
+
+
+def test_hf_export_loads_in_the_image_classification_pipeline(image_run, tmp_path):
+    """In a fresh interpreter, so only the exported folder's own code file defines the model."""
+    import subprocess
+    import sys
+
+    from tuneforge.inference.heads import HeadModel
+
+    assert main(["export", str(image_run), "--format", "hf", "--out", str(tmp_path / "hf")]) == 0
+    assert "image-classification" in (tmp_path / "hf" / "README.md").read_text()
+    test = read_jsonl(image_run / "data" / "test.jsonl")[:6]
+    paths = [str(image_run / "data" / r["image"]) for r in test]
+    ours = HeadModel(image_run).outputs([{"image": p} for p in paths])
+    script = ("import json, sys; from transformers import pipeline; "
+              f"c = pipeline('image-classification', model={str(tmp_path / 'hf')!r}, trust_remote_code=True); "
+              f"print(json.dumps([c(p, top_k=None) for p in {paths!r}]))")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                         env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    theirs = json.loads(out.stdout.strip().splitlines()[-1])
+    names = sorted({"checks", "columns", "stripes"})
+    for probs, scores in zip(ours, theirs):
+        assert scores[0]["label"] == names[int(np.argmax(probs))]
+        assert abs(scores[0]["score"] - float(np.max(probs))) < 1e-4
+
+
+def test_onnx_export_matches_pytorch(image_run, tmp_path):
+    import onnxruntime
+    from transformers import AutoImageProcessor
+
+    from tuneforge.tasks.image_inputs import pixel_values
+
+    assert main(["export", str(image_run), "--format", "onnx", "--out", str(tmp_path / "onnx")]) == 0
+    check = json.loads((tmp_path / "onnx" / "onnx_check.json").read_text())
+    assert check["rows"] == 18 and check["max_abs_difference"] < 1e-4
+    session = onnxruntime.InferenceSession(str(tmp_path / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
+    processor = AutoImageProcessor.from_pretrained(tmp_path / "onnx")
+    paths = [str(image_run / "data" / r["image"]) for r in read_jsonl(image_run / "data" / "test.jsonl")[:5]]
+    logits = session.run(None, {"pixel_values": pixel_values(processor, paths).numpy()})[0]
+    assert logits.shape == (5, 3)
