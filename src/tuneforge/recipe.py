@@ -360,7 +360,8 @@ class Recipe(Section):
         return self
 
     def learning_rate(self) -> float:
-        return self.train.learning_rate or METHODS[self.method].learning_rate
+        return (self.train.learning_rate or TASKS[self.task].learning_rates.get(self.method)
+                or METHODS[self.method].learning_rate)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

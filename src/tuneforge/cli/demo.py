@@ -1,7 +1,8 @@
 """`tuneforge demo`: the shipped recipe end to end (bundled SmolLM2, pydocs, LoRA), then eval, then
 a table of base vs tuned and two answers side by side. `tuneforge demo text-classification`: the
 bundled MiniLM encoder learns which package a standard-library docstring is from, against the majority
-class and a linear probe."""
+class and a linear probe. `tuneforge demo image-classification`: the bundled EfficientNet-Lite0 learns
+Fashion-MNIST's ten kinds of clothes, against the same baselines."""
 
 import sys
 import time
@@ -16,7 +17,8 @@ from tuneforge.recipe import load_recipe
 from tuneforge.train.run import train
 
 DEMO_RECIPE = "pydocs-lora.yaml"
-DEMOS = {"chat": DEMO_RECIPE, "text-classification": "pydocs-modules-classification.yaml"}
+DEMOS = {"chat": DEMO_RECIPE, "text-classification": "pydocs-modules-classification.yaml",
+         "image-classification": "fashion-mnist-classification.yaml"}
 
 
 def shipped_recipe(name: str) -> Path:

@@ -35,7 +35,7 @@ EXAMPLES = {
     "chat": "tuneforge chat runs/pydocs-lora",
     "predict": "tuneforge predict runs/tickets-cls --input new-tickets.csv --out predicted.csv\n"
                "  tuneforge predict runs/tickets-cls --input new.jsonl --text-column body",
-    "demo": "tuneforge demo\n  tuneforge demo text-classification",
+    "demo": "tuneforge demo\n  tuneforge demo text-classification\n  tuneforge demo image-classification",
     "export": "tuneforge export runs/pydocs-lora --format hf\n"
               "  tuneforge export runs/pydocs-lora --format adapter --out exports/pydocs-adapter\n"
               "  tuneforge export runs/pydocs-lora --format gguf --quant q8_0\n"
@@ -200,8 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace existing files in --out")
 
     p = command("demo", "Fine-tune the bundled model on the pydocs data set, evaluate it, print base vs tuned "
-                        "(text-classification: the bundled encoder learns which package a docstring is from).")
-    p.add_argument("which", nargs="?", default="chat", choices=["chat", "text-classification"],
+                        "(text-classification: the bundled encoder learns which package a docstring is from; "
+                        "image-classification: the bundled EfficientNet-Lite0 learns Fashion-MNIST's clothes).")
+    p.add_argument("which", nargs="?", default="chat", choices=["chat", "text-classification", "image-classification"],
                    help="which demo (default chat)")
     p.add_argument("--runs-dir", default="runs")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

@@ -24,6 +24,8 @@ class Task:
     """The bundled model a recipe without model.name trains (a catalogue name)."""
     default_method: ClassVar[str] = "lora"
     """The method a recipe without `method` trains with."""
+    learning_rates: ClassVar[dict[str, float]] = {}
+    """Its own default learning rate for a method, where the method's (sized for language models) is wrong."""
     model_class: ClassVar[str] = "AutoModelForCausalLM"
     """The transformers auto class its models load with."""
     chat_template: ClassVar[bool] = True

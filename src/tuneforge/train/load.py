@@ -11,7 +11,7 @@ from tuneforge.errors import UserError
 from tuneforge.methods import apply_method, get_method
 from tuneforge.recipe import Recipe
 from tuneforge.runtime import attention as packed_attention
-from tuneforge.runtime.hardware import DTYPES
+from tuneforge.runtime.hardware import DTYPES, image_fast_path
 from tuneforge.runtime.precision import half_frozen_linears
 from tuneforge.tasks import get_task
 
@@ -31,6 +31,8 @@ def load_for_method(model_dir: Path, recipe: Recipe, device: str, precision: str
     model = getattr(transformers, task.model_class).from_pretrained(model_dir, **kwargs)
     if "device_map" not in kwargs:
         model = model.to(device)
+    if task.images and image_fast_path(recipe.train.precision, device, recipe.data.image.size)[1]:
+        model = model.to(memory_format=torch.channels_last)
     model = apply_method(model, recipe, model_dir, task.head_modules(model))
     if precision != "fp32" and method.half_base:
         half_frozen_linears(model, DTYPES[precision])

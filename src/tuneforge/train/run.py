@@ -25,7 +25,7 @@ from tuneforge.models.loader import load_inputs, resolve_model
 from tuneforge.recipe import Recipe, load_recipe, validate_recipe
 from tuneforge.run_folder import create_run_dir, open_run, truncate_metrics, write_env
 from tuneforge.runtime.distributed import check_batch, device_for, full_state, init_distributed, shutdown, wrap
-from tuneforge.runtime.hardware import choose_precision
+from tuneforge.runtime.hardware import choose_precision, image_fast_path
 from tuneforge.tasks import get_task
 from tuneforge.tasks.image_inputs import set_image_side
 from tuneforge.train.checkpoint import LoopState, list_checkpoints, load_checkpoint
@@ -114,6 +114,8 @@ def plan_training(recipe: Recipe, prepared: Path | None = None) -> Setup:
             d.barrier()
     splits = {name: read_split(prepared, name) for name in SPLITS}
     derived = derive_defaults(recipe, task, tokenizer, prepared, splits)
+    if task.images:  # the image size is known now, and with it the fastest precision
+        precision = image_fast_path(recipe.train.precision, device, recipe.data.image.size)[0]
     data = encode_splits(splits, recipe, tokenizer)
     n_train, cfg = len(data.encoded["train"]), recipe.train
     if n_train < cfg.global_batch_size:
