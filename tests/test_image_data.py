@@ -10,9 +10,9 @@ import struct
 
 import numpy as np
 import pytest
+from conftest import pattern_image, read_jsonl, write_image_folder
 from PIL import Image
 
-from conftest import pattern_image, read_jsonl, write_image_folder
 from tuneforge.cli.main import main
 from tuneforge.errors import UserError
 from tuneforge.recipe import validate_recipe
@@ -69,8 +69,8 @@ def test_csv_jsonl_and_datasets_sources_with_an_image_column(tmp_path, tiny_imag
     saved = datasets.Dataset.from_dict({"image": [pattern_image(k, 500 + i) for k in ("stripes", "checks") for i in range(3)],
                                         "label": ["stripes"] * 3 + ["checks"] * 3}, features=features)
     saved.save_to_disk(str(tmp_path / "saved"))
-    manifest, splits = prepare(tmp_path, tiny_image_model, tmp_path / "rows.csv", tmp_path / "rows.jsonl",
-                               tmp_path / "saved")
+    manifest, _ = prepare(tmp_path, tiny_image_model, tmp_path / "rows.csv", tmp_path / "rows.jsonl",
+                          tmp_path / "saved")
     assert [s["formats"] for s in manifest["sources"]] == [{"image": 6}, {"image": 6}, {"image": 6}]
     assert manifest["counts"]["final"]["train"] + manifest["counts"]["final"]["val"] + \
         manifest["counts"]["final"]["test"] == 18

@@ -46,12 +46,12 @@ class ImageNearDuplicates:
         """Pairs (a, b) of rows sharing a band: a from `rows`, b from `pool` (or from `rows`, b < a)."""
         pairs = []
         for start, stop in _BANDS:
-            mask = np.uint64((1 << (stop - start)) - 1)
-            key = lambda r: (self.hashes[r] >> np.uint64(start)) & mask  # noqa: E731
+            shift, mask = np.uint64(start), np.uint64((1 << (stop - start)) - 1)
+            row_keys = (self.hashes[rows] >> shift) & mask
             if pool is None:
-                pairs.append(_same_key_pairs(rows, key(rows)))
+                pairs.append(_same_key_pairs(rows, row_keys))
             else:
-                pairs.append(_matching_pairs(rows, key(rows), pool, key(pool)))
+                pairs.append(_matching_pairs(rows, row_keys, pool, (self.hashes[pool] >> shift) & mask))
         pairs = np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64)
         return np.unique(pairs, axis=0) if len(pairs) else pairs
 

@@ -1,27 +1,28 @@
-"""`tuneforge data preview`: prepared examples as the model sees them, loss-carrying tokens marked."""
+"""`tuneforge data preview`: prepared examples as the model sees them, loss-carrying tokens marked (for
+images: a PNG of each example as the model sees it, and as training augments it)."""
 
 import sys
 from itertools import groupby
 
 from tuneforge.data.prepare import max_length, prepared_folder, read_split
 from tuneforge.errors import UserError
-from tuneforge.models.chat_template import ensure_chat_template
+from tuneforge.data.image_preview import image_preview
 from tuneforge.recipe import Recipe
 from tuneforge.tasks import get_task
 from tuneforge.tasks.tokens import IGNORE
 
 
 def preview(recipe: Recipe, n: int, split: str = "train", color: bool | None = None) -> str:
-    from tuneforge.models.loader import load_tokenizer, resolve_model
+    from tuneforge.models.loader import load_inputs, resolve_model
 
     task = get_task(recipe.task)
-    tokenizer = load_tokenizer(resolve_model(recipe.model.name))
-    if task.chat_template:
-        ensure_chat_template(tokenizer)
+    tokenizer = load_inputs(resolve_model(recipe.model.name), task)
     folder = prepared_folder(recipe, tokenizer)
     examples = read_split(folder, split)[:n]
     if not examples:
         raise UserError(f"the {split} split is empty; preview another (--split train) or change the split ratios.")
+    if task.images:
+        return image_preview(recipe, tokenizer, folder, examples)
     if task.head:
         return _labelled_preview(recipe, tokenizer, folder, examples)
     color = sys.stdout.isatty() if color is None else color

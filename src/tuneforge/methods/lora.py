@@ -1,4 +1,5 @@
-"""lora: low-rank adapters (PEFT) on the linear layers, the base frozen."""
+"""lora: low-rank adapters (PEFT) on the linear layers (or on named convolutions of an image model), the
+base frozen."""
 
 import re
 
@@ -21,10 +22,15 @@ class Lora(Method):
         lora = recipe.lora
         if lora.target_modules != "all-linear":
             _check_targets(model, lora.target_modules)
+        else:
+            _check_some_linear(model, head)
         model = self.prepare_base(model)
         # A task's new head is saved and trained whole next to the adapters (PEFT's modules_to_save).
+        # PEFT's sequence-classification wrapper passes input_ids: an image model takes the plain one.
+        images = getattr(model, "main_input_name", "") == "pixel_values"
+        task_type = None if images else "SEQ_CLS" if head else "CAUSAL_LM"
         config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                            target_modules=lora.target_modules, task_type="SEQ_CLS" if head else "CAUSAL_LM",
+                            target_modules=lora.target_modules, task_type=task_type,
                             modules_to_save=list(head) or None,
                             use_rslora=self.rank_stabilised, use_dora=self.weight_decomposed)
         return get_peft_model(model, config)
@@ -40,9 +46,27 @@ def _check_targets(model, targets: list[str]) -> None:
     """PEFT silently adapts nothing for a misspelt name in a list; say which name matched nothing."""
     import torch
 
-    linear = [name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    layers = [name for name, m in model.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
     for target in targets:
-        if not any(name == target or name.endswith("." + target) or re.fullmatch(target, name) for name in linear):
-            short = sorted({name.rsplit(".", 1)[-1] for name in linear})
-            raise UserError(f"lora.target_modules: {target!r} matches no linear module of this model. "
-                            f"Its linear modules are: {', '.join(short)} (or use all-linear).")
+        if not any(name == target or name.endswith("." + target) or re.fullmatch(target, name) for name in layers):
+            short = sorted({name.split(".", 2)[-1] if name.count(".") > 1 else name for name in layers})[:12]
+            raise UserError(f"lora.target_modules: {target!r} matches no linear or convolution module of this "
+                            f"model. Its modules are named like: {', '.join(short)} (or use all-linear).")
+
+
+def _check_some_linear(model, head) -> None:
+    """all-linear on a convolutional model finds only its head, which learns whole anyway."""
+    import torch
+
+    linear = [name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)
+              and not any(name == h or name.startswith(h + ".") for h in head)]
+    if not linear:
+        from collections import Counter
+
+        # the name shared by most pointwise (1 x 1) convolutions: the blocks' projections, say
+        pointwise = Counter(".".join(name.split(".")[-2:]) for name, m in model.named_modules()
+                            if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1) and m.groups == 1)
+        example = pointwise.most_common(1)[0][0] if pointwise else "NAME"
+        raise UserError(f"lora.target_modules: all-linear, but {type(model).__name__} has no linear layer outside "
+                        f"its new head (a convolutional model). Name convolutions to adapt, for instance "
+                        f"lora.target_modules: [{example}], or use method: full or freeze.")

@@ -18,7 +18,7 @@ from tuneforge.serve.body import parse_body, read_body
 from tuneforge.serve.call import Call, chat_chunk, completion_chunk, sse
 from tuneforge.serve.engine import Engine, Sampling
 from tuneforge.serve.errors import APIError, install_handlers
-from tuneforge.serve.heads import HeadServer
+from tuneforge.serve.heads import HeadServer, image_input
 from tuneforge.serve.models import ModelPool
 from tuneforge.serve.schemas import (
     ChatRequest,
@@ -136,6 +136,11 @@ def create_app(pool: ModelPool, engine: Engine, store: Store, api_key: str | Non
             raise APIError(400, f"model: `{body.model}` generates text; {request.url.path} serves classification and "
                                 f"regression runs ({', '.join(pool.heads) or 'none here'}).", "model")
         texts = [body.input] if isinstance(body.input, str) else body.input
+        if pool.heads[body.model].model.task.images:
+            if len(texts) > limits.max_rows:
+                raise APIError(400, f"input: {len(texts)} images, more than this server's {limits.max_rows} per "
+                                    "request; split the request.", "input")
+            return body, body.model, [{"image": image_input(t, i)} for i, t in enumerate(texts)], pool.heads[body.model]
         pairs = getattr(body, "text_pair", None)
         pairs = None if pairs is None else [pairs] if isinstance(pairs, str) else pairs
         if pairs is not None and len(pairs) != len(texts):
@@ -207,6 +212,8 @@ def _head_card(head: HeadServer) -> dict:
 
 
 def _head_usage(head: HeadServer, rows: list[dict]) -> dict:
+    if head.model.task.images:  # no tokens: OpenAI's usage fields stay, with the images counted beside them
+        return {"prompt_tokens": 0, "total_tokens": 0, "images": len(rows)}
     tokenizer, limit = head.model.tokenizer, head.model.recipe.data.max_length
     tokens = sum(min(len(tokenizer(r["text"], r.get("text_pair"))["input_ids"]), limit) for r in rows)
     return {"prompt_tokens": tokens, "total_tokens": tokens}

@@ -1,11 +1,15 @@
 """Classification / regression runs behind the server: /v1/classify (labels and scores, or values) and
-OpenAI's /v1/embeddings (the tuned encoder's sentence embeddings, L2-normalised).
+OpenAI's /v1/embeddings (the tuned encoder's sentence embeddings, L2-normalised). An image run takes
+images as base64 data URLs (`data:image/png;base64,...`, as OpenAI's image inputs are sent) or bare base64.
 
 Each run gets one worker thread that owns its model: requests queue their rows, and the worker runs
 whatever has queued, up to MAX_ROWS rows of one kind at a time, in one batch, so concurrent requests
 share forward passes (a request's rows are never split across answers)."""
 
 import asyncio
+import base64
+import binascii
+import io
 import queue
 import threading
 from dataclasses import dataclass, field
@@ -13,7 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from tuneforge.data.images import decode
+from tuneforge.errors import RowError
 from tuneforge.inference.heads import HeadModel
+from tuneforge.serve.errors import APIError
 
 MAX_ROWS = 64
 
@@ -71,6 +78,22 @@ class HeadServer:
             for j in batch:
                 j.loop.call_soon_threadsafe(_resolve, j.future, out[start:start + len(j.rows)])
                 start += len(j.rows)
+
+
+def image_input(value: str, index: int) -> io.BytesIO:
+    """One request image, decoded and checked (400 naming `input[i]` for anything Pillow cannot use)."""
+    field = f"input[{index}]"
+    data = value.split(",", 1)[1] if value.startswith("data:") and "," in value else value
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise APIError(400, f"{field}: not base64 image data; send a data URL like data:image/png;base64,... "
+                            "(an image run classifies images, not text).", field) from None
+    try:
+        decode(raw, 1, True, field)
+    except RowError as e:
+        raise APIError(400, str(e), field) from None
+    return io.BytesIO(raw)
 
 
 def _normalised(x: np.ndarray) -> np.ndarray:
