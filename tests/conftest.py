@@ -277,3 +277,16 @@ def write_image_folder(root: Path, per_class: int, start: int = 0, suffix: str =
         for i in range(start, start + per_class):
             pattern_image(kind, 1000 * c + i).save(root / kind / f"{i:03d}{suffix}")
     return root
+
+
+def post_json(url: str, body: dict) -> tuple[int, dict]:
+    """POST a JSON body to a test server: (status, the JSON answer), errors included."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())

@@ -4,12 +4,14 @@ majority class and a linear probe, predict, and the exports (transformers' image
 on the hf folder, onnxruntime on the ONNX graph)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
 from conftest import pattern_image, read_jsonl, write_image_folder
+from conftest import post_json as post
 
 from tuneforge.cli.main import main
 from tuneforge.recipe import validate_recipe
@@ -186,23 +188,14 @@ def test_preview_writes_each_example_as_the_model_sees_it(tiny_image_model, tmp_
 
 def test_the_server_classifies_data_urls_and_embeds_images(image_run):
     import base64
-    import urllib.request
 
     from openai import OpenAI
 
     from tuneforge.inference.heads import HeadModel
     from tuneforge.serve.server import Background, build
 
-    def post(url: str, body: dict) -> tuple[int, dict]:
-        request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request) as r:
-                return r.status, json.loads(r.read())
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read())
-
     paths = [str(image_run / "data" / r["image"]) for r in read_jsonl(image_run / "data" / "test.jsonl")[:3]]
-    urls = ["data:image/png;base64," + base64.b64encode(open(p, "rb").read()).decode() for p in paths]
+    urls = ["data:image/png;base64," + base64.b64encode(Path(p).read_bytes()).decode() for p in paths]
     expected = HeadModel(image_run).outputs([{"image": p} for p in paths])
     app, engine, _ = build([image_run], image_run.parent / "requests.sqlite", precision="fp32")
     with Background(app) as srv:

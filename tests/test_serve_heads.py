@@ -5,13 +5,13 @@ OpenAI-style errors for requests that do not fit the model."""
 import base64
 import json
 import threading
-import urllib.request
 
 import numpy as np
 import pytest
+from conftest import labelled_rows, tiny_run_recipe, write_jsonl
+from conftest import post_json as post
 from openai import OpenAI
 
-from conftest import labelled_rows, tiny_run_recipe, write_jsonl
 from tuneforge.recipe import validate_recipe
 from tuneforge.serve.app import Limits
 from tuneforge.serve.server import Background, build
@@ -35,15 +35,6 @@ def server(tmp_path_factory, tiny_encoder, tiny_model):
         srv.head = head
         yield srv
     engine.stop()
-
-
-def post(url: str, body: dict) -> tuple[int, dict]:
-    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
 
 
 def test_classify_answers_what_predict_writes(server, tmp_path):

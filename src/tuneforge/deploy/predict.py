@@ -41,7 +41,7 @@ def predict_file(run_dir: Path, input_path: Path, out: Path | None = None, text_
     if out.exists() and not overwrite:
         raise UserError(f"--out {out}: already exists; nothing was written. Choose another --out or pass --overwrite.")
     images = get_task(task).images
-    rows = _image_rows(input_path) if images else _rows(input_path, text_column)
+    rows = _rows(input_path, _images(input_path) if images else _texts(text_column))
     model = HeadModel(run_dir)
     outputs = []
     for i in tqdm(range(0, len(rows), ROWS_PER_BATCH), desc="predict", unit=" batches", disable=None):
@@ -57,18 +57,13 @@ def predict_file(run_dir: Path, input_path: Path, out: Path | None = None, text_
     return out
 
 
-def _rows(path: Path, text_column: str) -> list[dict]:
+def _rows(path: Path, inputs) -> list[dict]:
+    """Each row of the input as {id, what `inputs(where, row)` takes from it, true_label when it has a label}."""
     rows = []
     for where, row in read_source(SourceSpec(path=str(path)), MAX_ROW_CHARS):
         if isinstance(row, RowError):
             raise UserError(f"{where}: {row}")
-        text = row.get(text_column)
-        if not isinstance(text, str) or not text.strip():
-            raise UserError(f"{where}: needs a non-empty `{text_column}` text column to predict for; found "
-                            f"{sorted(row)}. Name yours with --text-column.")
-        out = {"id": str(row.get("id", len(rows))), "text": text}
-        if isinstance(row.get("text_pair"), str):
-            out["text_pair"] = row["text_pair"]
+        out = {"id": str(row.get("id", len(rows))), **inputs(where, row)}
         if "label" in row:
             out["true_label"] = row["label"]
         rows.append(out)
@@ -77,15 +72,23 @@ def _rows(path: Path, text_column: str) -> list[dict]:
     return rows
 
 
-def _image_rows(path: Path) -> list[dict]:
-    """Rows naming an image file (an `image` / `file_name` column, relative to the input file's folder), or
-    every image of an image folder (its subfolders' names kept as the true labels)."""
-    spec = SourceSpec(path=str(path))
-    reader = RowReader(spec, None, None)
-    rows = []
-    for where, row in read_source(spec, MAX_ROW_CHARS):
-        if isinstance(row, RowError):
-            raise UserError(f"{where}: {row}")
+def _texts(text_column: str):
+    def inputs(where: str, row: dict) -> dict:
+        text = row.get(text_column)
+        if not isinstance(text, str) or not text.strip():
+            raise UserError(f"{where}: needs a non-empty `{text_column}` text column to predict for; found "
+                            f"{sorted(row)}. Name yours with --text-column.")
+        return {"text": text, **({"text_pair": row["text_pair"]} if isinstance(row.get("text_pair"), str) else {})}
+
+    return inputs
+
+
+def _images(path: Path):
+    """An `image` / `file_name` column naming an image file, relative to the input file's folder (an image
+    folder's rows name theirs, with their subfolder as the true label)."""
+    reader = RowReader(SourceSpec(path=str(path)), None, None)
+
+    def inputs(where: str, row: dict) -> dict:
         column = reader.column(row, "image")
         value = row.get(column) if column else None
         if not isinstance(value, str) or not value.strip():
@@ -95,13 +98,9 @@ def _image_rows(path: Path) -> list[dict]:
         image = image if image.is_absolute() else reader.base / image
         if not image.is_file():
             raise UserError(f"{where}: `{column}` is {value!r}, and there is no such file (looked for {image}).")
-        out = {"id": str(row.get("id", len(rows))), "image": str(image)}
-        if "label" in row:
-            out["true_label"] = row["label"]
-        rows.append(out)
-    if not rows:
-        raise UserError(f"--input {path}: no rows.")
-    return rows
+        return {"image": str(image)}
+
+    return inputs
 
 
 def _write_jsonl(path: Path, records: list[dict], classes) -> None:
