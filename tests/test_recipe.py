@@ -9,8 +9,9 @@ from tuneforge.data import pipeline
 from tuneforge.data.prepare import prepare_data
 from tuneforge.errors import UserError
 from tuneforge.models import loader
-from tuneforge.models.chat_template import ensure_chat_template
+from tuneforge.models.catalog import CATALOG
 from tuneforge.recipe import Recipe, load_recipe
+from tuneforge.tasks import TASKS
 
 ROOT = Path(__file__).parents[1]
 RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))
@@ -18,8 +19,13 @@ RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))
 
 def _expected_trainable(recipe: Recipe, config, classes: int = 0) -> tuple[int, int]:
     """(trainable, total) parameters of a Llama-style model (or, for a head task, a BERT encoder with
-    `classes` outputs) under the recipe's method, from its config alone: what the plan, which counts
-    them on a meta-device copy with the method applied, must find."""
+    `classes` outputs; EfficientNet-Lite0 with a new head) under the recipe's method, from its config alone:
+    what the plan, which counts them on a meta-device copy with the method applied, must find."""
+    if config.model_type == "efficientnet_lite":
+        assert recipe.method == "full", "extend for this recipe"
+        imagenet_head = config.head_channels * 1000 + 1000
+        total = CATALOG["efficientnet-lite0"].params - imagenet_head + config.head_channels * classes + classes
+        return total, total
     h, inter, layers, vocab = config.hidden_size, config.intermediate_size, config.num_hidden_layers, config.vocab_size
     if config.model_type == "bert":
         assert recipe.method == "full", "extend for this recipe"
@@ -50,8 +56,7 @@ def test_every_shipped_recipe_plans_end_to_end_without_loading_weights(path, tmp
     recipe = load_recipe(path)
     asked = recipe.model_copy(deep=True)
     model_dir = loader.resolve_model(recipe.model.name)
-    tokenizer = loader.load_tokenizer(model_dir)
-    ensure_chat_template(tokenizer)
+    tokenizer = loader.load_inputs(model_dir, TASKS[recipe.task])
     read = pipeline.read_source
     monkeypatch.setattr(pipeline, "read_source", lambda spec, chars: itertools.islice(read(spec, chars), 300))
     manifest = prepare_data(recipe, tokenizer, tmp_path / "data")
@@ -71,7 +76,8 @@ def test_every_shipped_recipe_plans_end_to_end_without_loading_weights(path, tmp
                                                                                classes)
     assert plan.micro_batch * plan.accumulation == asked.train.global_batch_size
     n_train = manifest["counts"]["final"]["train"]
-    steps = asked.train.max_steps or round(max(1, n_train // asked.train.global_batch_size) * asked.train.epochs)
+    epochs = asked.train.epochs or setup.recipe.train.epochs  # the recipe's, or the one derived from the data
+    steps = asked.train.max_steps or round(max(1, n_train // asked.train.global_batch_size) * epochs)
     assert plan.total_steps == steps and plan.warmup_steps == round(steps * asked.train.warmup_ratio)
     assert 0 < plan.memory.total <= plan.available
     resolved = setup.recipe.train
@@ -79,8 +85,9 @@ def test_every_shipped_recipe_plans_end_to_end_without_loading_weights(path, tmp
     assert resolved.micro_batch_size == plan.micro_batch
 
 
-def test_the_readme_lists_the_shipped_recipes():
-    line = next(line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("Shipped recipes:"))
+def test_the_training_guide_lists_the_shipped_recipes():
+    line = next(line for line in (ROOT / "docs" / "training.md").read_text().splitlines()
+                if line.startswith("Shipped recipes:"))
     assert sorted(re.findall(r"([\w-]+\.yaml)", line)) == sorted(p.name for p in RECIPES) != []
 
 
