@@ -249,3 +249,15 @@ def test_any_image_classifier_trains_a_tiny_vit_in_full_and_with_lora(tmp_path):
     assert adapter["modules_to_save"] == ["classifier"] and any("attention" in t for t in adapter["target_modules"])
     lora = load_file(run / "model" / "adapter_model.safetensors")
     assert any("attention" in k and "lora_B" in k and v.abs().sum() > 0 for k, v in lora.items())
+
+
+def test_a_text_model_for_images_and_an_image_model_for_text_are_refused(tiny_model, tiny_image_model, tmp_path,
+                                                                         capsys):
+    data = write_image_folder(tmp_path / "patterns", per_class=4)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(image_run_recipe(tiny_model, data, "mixed")))
+    assert main(["train", str(recipe), "--runs-dir", str(tmp_path / "runs")]) == 2
+    assert "has no image processor" in capsys.readouterr().err
+    assert main(["train", str(recipe), "--runs-dir", str(tmp_path / "runs"), "--set", f"model.name={tiny_image_model}",
+                 "--set", "task=classification"]) == 2
+    assert "is an image model" in capsys.readouterr().err and not (tmp_path / "runs").exists()

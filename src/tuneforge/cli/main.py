@@ -34,12 +34,14 @@ EXAMPLES = {
     "generate": "tuneforge generate runs/pydocs-lora --prompt 'What does `json.dumps` do?'",
     "chat": "tuneforge chat runs/pydocs-lora",
     "predict": "tuneforge predict runs/tickets-cls --input new-tickets.csv --out predicted.csv\n"
-               "  tuneforge predict runs/tickets-cls --input new.jsonl --text-column body",
+               "  tuneforge predict runs/tickets-cls --input new.jsonl --text-column body\n"
+               "  tuneforge predict runs/fashion-mnist --input photos/   # an image run: a folder, or rows with an image path",
     "demo": "tuneforge demo\n  tuneforge demo text-classification\n  tuneforge demo image-classification",
     "export": "tuneforge export runs/pydocs-lora --format hf\n"
               "  tuneforge export runs/pydocs-lora --format adapter --out exports/pydocs-adapter\n"
               "  tuneforge export runs/pydocs-lora --format gguf --quant q8_0\n"
-              "  tuneforge export runs/pydocs-modules --format onnx",
+              "  tuneforge export runs/pydocs-modules --format onnx\n"
+              "  tuneforge export runs/fashion-mnist --format onnx",
     "serve": "tuneforge serve runs/pydocs-lora\n"
              "  tuneforge serve runs/pydocs-lora runs/pydocs-dora --port 8080 --api-key s3cret\n"
              "  curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\\n"
@@ -157,10 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=300)
 
     p = command("predict", "Predict the label (and each class's score) or value of every row of a file with a "
-                           "classification or regression run.")
+                           "classification, regression or image classification run.")
     p.add_argument("run", help="run folder")
     p.add_argument("--input", required=True, help="rows to predict for: .jsonl, .csv, .tsv, .parquet, ... with a text "
-                                                  "column (and optionally text_pair)")
+                                                  "column (and optionally text_pair); for an image run, an image "
+                                                  "column of paths, or an image folder")
     p.add_argument("--out", help="a .jsonl or .csv file to write (default: <input>.predictions.jsonl)")
     p.add_argument("--text-column", default="text", help="the column holding the text (default: text)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")

@@ -44,10 +44,19 @@ def _download(hub_id: str) -> Path:
 def load_inputs(folder: Path, task):
     """What turns the task's rows into model inputs: the image processor for an image task, else the
     tokenizer (with a chat template when the task needs one)."""
+    has_processor = (folder / "preprocessor_config.json").is_file()
+    has_tokenizer = any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt",
+                                                              "tokenizer.model"))
     if task.images:
+        if not has_processor:
+            raise UserError(f"model.name: {folder} has no image processor (preprocessor_config.json), so it is not an "
+                            f"image model; task {task.name} needs one (for instance efficientnet-lite0, or a ViT).")
         from transformers import AutoImageProcessor
 
         return AutoImageProcessor.from_pretrained(folder)
+    if has_processor and not has_tokenizer:
+        raise UserError(f"model.name: {folder} is an image model (an image processor, no tokenizer); task {task.name} "
+                        "reads text. For images use task: image_classification.")
     tokenizer = load_tokenizer(folder)
     if task.chat_template:
         ensure_chat_template(tokenizer)
