@@ -261,3 +261,19 @@ def test_a_text_model_for_images_and_an_image_model_for_text_are_refused(tiny_mo
     assert main(["train", str(recipe), "--runs-dir", str(tmp_path / "runs"), "--set", f"model.name={tiny_image_model}",
                  "--set", "task=classification"]) == 2
     assert "is an image model" in capsys.readouterr().err and not (tmp_path / "runs").exists()
+
+
+def test_freeze_keeps_the_frozen_batch_norm_statistics(tiny_image_model, tmp_path):
+    from safetensors.torch import load_file
+
+    from tuneforge.train.run import train
+
+    data = write_image_folder(tmp_path / "patterns", per_class=12)
+    run = train(validate_recipe({**image_run_recipe(tiny_image_model, data, "freeze", max_steps=8, eval_every=8,
+                                                    early_stopping_patience=None),
+                                 "method": "freeze", "freeze": {"trainable_blocks": 1}}), tmp_path / "runs")
+    before, after = load_file(tiny_image_model / "model.safetensors"), load_file(run / "model" / "model.safetensors")
+    stats = [k for k in before if k.endswith("running_mean")]
+    last = [k for k in stats if ".blocks.2." in k]  # the one block that learns (3 blocks in all)
+    assert last and all(not torch.equal(before[k], after[k]) for k in last)
+    assert all(torch.equal(before[k], after[k]) for k in stats if k not in last)

@@ -45,10 +45,14 @@ def top_modules(model, with_embeddings: bool) -> list:
     """Final norm, an untied output head, and the embeddings when asked for (a tied head comes with them)."""
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
     modules = [getattr(decoder, "norm", None)]
-    head, embeddings = model.get_output_embeddings(), model.get_input_embeddings()
-    if head is not None and head.weight is not embeddings.weight:
+    try:
+        embeddings = model.get_input_embeddings()
+    except NotImplementedError:  # an image model has no token embeddings
+        embeddings = None
+    head = model.get_output_embeddings()
+    if head is not None and (embeddings is None or head.weight is not embeddings.weight):
         modules.append(head)
-    if with_embeddings:
+    if with_embeddings and embeddings is not None:
         modules.append(embeddings)
     return [m for m in modules if m is not None]
 

@@ -131,6 +131,16 @@ def head_loss_model(model, problem: str, label_smoothing: float = 0.0, class_wei
                 right = logits.argmax(-1) == y
             return loss, len(y), 0 if self.training else int(right.sum())
 
+        def train(self, mode: bool = True):
+            """A frozen BatchNorm layer (freeze, LoRA) keeps its pre-trained statistics: in training mode it
+            would still overwrite its running mean and variance with the new data's."""
+            super().train(mode)
+            for m in self.model.modules():
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and not any(
+                        p.requires_grad for p in m.parameters()):
+                    m.eval()
+            return self
+
         def collate(self, rows: list[Labelled], pad_id: int, bucket: bool = False) -> dict:
             if collator is not None:
                 return collator(rows, self.training)
