@@ -46,12 +46,16 @@ def _check_targets(model, targets: list[str]) -> None:
     """PEFT silently adapts nothing for a misspelt name in a list; say which name matched nothing."""
     import torch
 
-    layers = [name for name, m in model.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+    linear = [name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    convolutions = [name for name, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
     for target in targets:
-        if not any(name == target or name.endswith("." + target) or re.fullmatch(target, name) for name in layers):
-            short = sorted({name.split(".", 2)[-1] if name.count(".") > 1 else name for name in layers})[:12]
-            raise UserError(f"lora.target_modules: {target!r} matches no linear or convolution module of this "
-                            f"model. Its modules are named like: {', '.join(short)} (or use all-linear).")
+        if not any(name == target or name.endswith("." + target) or re.fullmatch(target, name)
+                   for name in linear + convolutions):
+            short = sorted({name.rsplit(".", 1)[-1] for name in linear})
+            convs = sorted({".".join(name.split(".")[-2:]) for name in convolutions})
+            raise UserError(f"lora.target_modules: {target!r} matches no linear module of this model. Its linear "
+                            f"modules are: {', '.join(short) or 'none'}"
+                            + (f"; its convolutions: {', '.join(convs[:12])}" if convs else "") + " (or use all-linear).")
 
 
 def _check_some_linear(model, head) -> None:
