@@ -79,3 +79,17 @@ def test_keys_the_recipe_sets_are_not_derived(tiny_model, tmp_path, capsys):
     setup = plan_training(recipe)
     assert (setup.recipe.train.epochs, setup.recipe.data.max_length, setup.recipe.eval.max_new_tokens) == (1, 96, 20)
     assert setup.derived == [] and "Derived from the data" not in capsys.readouterr().out
+
+
+def test_image_size_is_the_models_own_unless_the_images_are_much_smaller():
+    from tuneforge.data.defaults import image_size
+
+    def stats(side):
+        return {"median_width": side, "median_height": side + 10}
+
+    assert image_size(stats(28), 224).value == 64  # Fashion-MNIST: 2 x 28 = 56, rounded up to 32, at least 64
+    assert image_size(stats(60), 224).value == 128
+    assert image_size(stats(112), 224).value == 224  # twice the side reaches the model's: its own
+    assert image_size(stats(500), 224).value == 224
+    assert image_size(stats(10), 32).value == 32  # never above the model's size
+    assert "28 pixels" in image_size(stats(28), 224).why
