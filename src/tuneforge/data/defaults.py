@@ -80,11 +80,16 @@ def model_limit(tokenizer) -> int | None:
     return int(limit) if limit and limit < 10**7 else None
 
 
-def image_size(train: dict, model_side: int) -> Derived:
+def image_size(train: dict, model_side: int, fixed: bool = False) -> Derived:
     """The model's own input size, or, for training images much smaller than it, twice their median
     shorter side rounded up to a multiple of 32 (at least IMAGE_FLOOR): upscaling 28-pixel images eight
-    times to 224 costs 12 times the compute of 64 for no detail the images have (benchmarks/image_size.py)."""
+    times to 224 costs 12 times the compute of 64 for no detail the images have
+    (benchmarks/image_classification.py). A `fixed` model (a vision transformer, whose position
+    embeddings are learnt for one size) keeps its own."""
     side = min(train["median_width"], train["median_height"])
+    if fixed:
+        return Derived("data.image.size", model_side, "a vision transformer's position embeddings are learnt for "
+                       f"its own size, {model_side}")
     if 2 * side >= model_side:
         return Derived("data.image.size", model_side, f"the training images' median shorter side is {side} pixels; "
                        f"the model's own size is {model_side}")

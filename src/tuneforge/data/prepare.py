@@ -66,7 +66,10 @@ def prepare_data(recipe: Recipe, tokenizer, out: Path, fingerprints: list[dict] 
             kept_split = np.where(decisions.repeats > 0, decisions.split, -1)
             manifest["images"] = image_stats(rows.images, kept_split)
             if recipe.data.image.size is None:
-                derived = defaults.image_size(manifest["images"]["train"], image_side(tokenizer))
+                from tuneforge.models.loader import patch_size, resolve_model  # loads torch: only for images
+
+                fixed = patch_size(resolve_model(recipe.model.name)) is not None
+                derived = defaults.image_size(manifest["images"]["train"], image_side(tokenizer), fixed)
                 manifest["derived"] = derived.record()
         else:
             limit = recipe.data.max_length

@@ -22,11 +22,12 @@ def general_images() -> tuple[str, list[dict]]:
 
 def _write(folder: Path) -> None:
     import matplotlib
+    import sklearn.datasets
     from PIL import Image
 
     from tuneforge.tasks.image_inputs import load_rgb
 
-    sklearn_images = Path(__import__("sklearn.datasets", fromlist=["x"]).__file__).parent / "images"
+    sklearn_images = Path(sklearn.datasets.__file__).parent / "images"
     photos = [sklearn_images / "china.jpg", sklearn_images / "flower.jpg",
               Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"]
     folder.mkdir(parents=True, exist_ok=True)

@@ -63,6 +63,14 @@ def load_inputs(folder: Path, task):
     return tokenizer
 
 
+def patch_size(folder: Path) -> int | None:
+    """A vision transformer's patch side (ViT, DeiT, BEiT: position embeddings for one input size); None
+    for a convolutional model."""
+    from transformers import AutoConfig
+
+    return getattr(AutoConfig.from_pretrained(folder), "patch_size", None)
+
+
 def load_tokenizer(folder: Path):
     from transformers import AutoTokenizer
 

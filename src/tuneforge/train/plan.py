@@ -115,11 +115,9 @@ def model_shape(model_dir: Path, recipe: Recipe, classes=None) -> ModelShape:
 def image_tokens(model_dir: Path, side: int, shape: ModelShape) -> int:
     """What one image counts as in the plan: a vision transformer's patches (and its class token), or a
     convolutional model's pixels."""
-    if not shape.hidden:
-        return side * side
-    from transformers import AutoConfig
+    from tuneforge.models.loader import patch_size
 
-    return (side // getattr(AutoConfig.from_pretrained(model_dir), "patch_size", 16)) ** 2 + 1
+    return side * side if not shape.hidden else (side // (patch_size(model_dir) or 16)) ** 2 + 1
 
 
 def estimate_memory(shape: ModelShape, recipe: Recipe, tokens_per_micro_batch: int, precision: str,

@@ -27,7 +27,7 @@ from tuneforge.run_folder import create_run_dir, open_run, truncate_metrics, wri
 from tuneforge.runtime.distributed import check_batch, device_for, full_state, init_distributed, shutdown, wrap
 from tuneforge.runtime.hardware import choose_precision, image_fast_path
 from tuneforge.tasks import get_task
-from tuneforge.tasks.image_inputs import image_side, set_image_side
+from tuneforge.tasks.image_inputs import set_image_side
 from tuneforge.train.checkpoint import LoopState, list_checkpoints, load_checkpoint
 from tuneforge.train.compile import AutoCompile, compile_blocks
 from tuneforge.train.head_init import init_head_from_probe
@@ -161,10 +161,7 @@ def derive_defaults(recipe: Recipe, task, tokenizer, prepared: Path, splits: dic
         if recipe.data.image.size is None:
             record = json.loads((prepared / "manifest.json").read_text())["derived"]["data.image.size"]
             derived.append(Derived("data.image.size", record["value"], record["why"]))
-            if _fixed_size(recipe.model.name):
-                derived[-1] = Derived("data.image.size", image_side(tokenizer), "a vision transformer's position "
-                                      "embeddings are learnt for its own size")
-            recipe.data.image.size = derived[-1].value
+            recipe.data.image.size = record["value"]
         set_image_side(tokenizer, recipe.data.image.size)  # saved with the model: every later stage sees it
     if recipe.train.epochs is None and recipe.train.max_steps is None:
         derived.append(defaults.epochs(len(splits["train"])))
@@ -179,13 +176,6 @@ def derive_defaults(recipe: Recipe, task, tokenizer, prepared: Path, splits: dic
             derived.append(defaults.max_new_tokens([len(x) + 1 for x in ids]))  # + the end-of-turn token
             recipe.eval.max_new_tokens = derived[-1].value
     return derived
-
-
-def _fixed_size(model_name: str) -> bool:
-    """A model with patches (ViT, DeiT, BEiT) has position embeddings for one input size."""
-    from transformers import AutoConfig
-
-    return hasattr(AutoConfig.from_pretrained(resolve_model(model_name)), "patch_size")
 
 
 def load_trainee(setup: Setup, lr: float | None = None) -> Trainee:
