@@ -84,7 +84,7 @@ def _spawn(job: dict) -> dict:
 def benchmark_setup(job: dict, precision: str):
     """tuneforge's setup for the demo recipe at this batch and length: the same prepared rows and
     encoding for both trainers."""
-    from tuneforge.recipe import load_recipe
+    from tuneforge.recipe_file import load_recipe
     from tuneforge.train.run import plan_training
 
     total = job["warmup"] + job["steps"]

@@ -69,7 +69,7 @@ def _section(text: str, heading: str) -> str:
 
 def run(name: str, data: Path, work: Path, extra: dict) -> dict:
     from tuneforge.evaluate.run import evaluate_run
-    from tuneforge.recipe import validate_recipe
+    from tuneforge.recipe_file import validate_recipe
     from tuneforge.train.run import train
 
     raw = {"name": name, "method": "lora", "data": {"sources": [str(data)]}}

@@ -20,7 +20,7 @@ import time
 from train_speed import LONG_SHARE, RESULTS, benchmark_data
 
 from tuneforge.errors import UserError
-from tuneforge.recipe import validate_recipe
+from tuneforge.recipe_file import validate_recipe
 from tuneforge.train.loop import train_step
 from tuneforge.train.run import load_trainee, plan_training
 

@@ -160,7 +160,7 @@ def benchmark_data(job: dict):
     from tuneforge.tasks.chat import encode
     from tuneforge.models.chat_template import ensure_chat_template
     from tuneforge.models.loader import load_tokenizer, resolve_model
-    from tuneforge.recipe import validate_recipe
+    from tuneforge.recipe_file import validate_recipe
 
     n_steps = job["warmup"] + job["steps"]
     recipe = validate_recipe({

@@ -140,7 +140,7 @@ def chat_file(tmp_path) -> Path:
 @pytest.fixture
 def tiny_recipe(tiny_model, chat_file):
     """A recipe that trains the tiny model on arithmetic chat rows in a few seconds."""
-    from tuneforge.recipe import validate_recipe
+    from tuneforge.recipe_file import validate_recipe
 
     def make(**sections):
         raw = {"name": "tiny", "seed": 0, "model": {"name": str(tiny_model)},
@@ -163,7 +163,7 @@ def prepare_into(tmp_path, tiny_tokenizer):
     """prepare_into(sources, **data_keys) -> (folder, manifest): run the data pipeline with the tiny
     tokenizer into a new folder under tmp_path."""
     from tuneforge.data.prepare import prepare_data
-    from tuneforge.recipe import validate_recipe
+    from tuneforge.recipe_file import validate_recipe
 
     counter = iter(range(1000))
 

@@ -14,7 +14,7 @@ import yaml
 from conftest import labelled_rows, read_jsonl, tiny_run_recipe, write_jsonl
 from tuneforge.cli.main import main
 from tuneforge.errors import UserError
-from tuneforge.recipe import validate_recipe
+from tuneforge.recipe_file import validate_recipe
 
 
 def head_recipe(encoder: Path, data: Path, name: str, task: str = "classification", method: str = "full",
@@ -292,7 +292,7 @@ def test_the_bundled_encoder_fine_tunes_with_lora_and_exports(tmp_path):
 
     from tuneforge.cli.demo import shipped_recipe
     from tuneforge.evaluate.run import evaluate_run
-    from tuneforge.recipe import load_recipe
+    from tuneforge.recipe_file import load_recipe
     from tuneforge.train.run import train
 
     recipe = load_recipe(shipped_recipe("pydocs-modules-classification.yaml"),

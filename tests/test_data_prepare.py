@@ -69,7 +69,7 @@ def test_leakage_check_removes_held_out_copies_of_training_rows(tmp_path, prepar
 
 def test_subset_length_filter_and_cache(tmp_path, tiny_tokenizer, monkeypatch):
     from tuneforge.data.prepare import prepared_folder
-    from tuneforge.recipe import validate_recipe
+    from tuneforge.recipe_file import validate_recipe
 
     monkeypatch.setenv("TUNEFORGE_HOME", str(tmp_path / "home"))
     path = write_jsonl(tmp_path / "rows.jsonl", arithmetic_rows(100))
@@ -97,7 +97,7 @@ def test_augmentation_adds_marked_training_rows_only(tmp_path, prepare_into, tin
 
 def test_preview_marks_loss_tokens(tmp_path, tiny_model, monkeypatch):
     from tuneforge.data.preview import preview
-    from tuneforge.recipe import validate_recipe
+    from tuneforge.recipe_file import validate_recipe
 
     monkeypatch.setenv("TUNEFORGE_HOME", str(tmp_path / "home"))
     path = write_jsonl(tmp_path / "rows.jsonl", arithmetic_rows(30))

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import write_jsonl
 from tuneforge.data import defaults
-from tuneforge.recipe import load_recipe, validate_recipe
+from tuneforge.recipe_file import load_recipe, validate_recipe
 from tuneforge.train.run import plan_training, train
 
 

@@ -8,7 +8,7 @@ import pytest
 from tuneforge.evaluate.run import evaluate_run
 from tuneforge.models.catalog import CATALOG, DEFAULT_MODEL
 from tuneforge.models.loader import load_tokenizer, resolve_model
-from tuneforge.recipe import validate_recipe
+from tuneforge.recipe_file import validate_recipe
 from tuneforge.tasks.tokens import IGNORE
 from tuneforge.train.run import train
 

@@ -17,7 +17,7 @@ from tuneforge.evaluate.harness import text_task
 from tuneforge.evaluate.judge import judge_run
 from tuneforge.evaluate.pairs import export_pairs, import_ratings
 from tuneforge.evaluate.run import evaluate_run
-from tuneforge.recipe import validate_recipe
+from tuneforge.recipe_file import validate_recipe
 from tuneforge.runs.table import compare_runs, list_runs
 from tuneforge.train.run import train
 

@@ -15,7 +15,7 @@ from tuneforge.deploy.gguf import read_metadata
 from tuneforge.errors import UserError
 from tuneforge.inference.run_models import RunModels
 from tuneforge.inference.session import ChatSession
-from tuneforge.recipe import validate_recipe
+from tuneforge.recipe_file import validate_recipe
 from tuneforge.train.run import train
 
 QUESTIONS = ["What is the sum of two numbers?", "Return the square root of x.", "What is 3 + 4?"]

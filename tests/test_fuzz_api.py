@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from conftest import arithmetic_rows, fuzz, tiny_run_recipe, write_jsonl
 from fuzzing import JSON_VALUES, ODD_TEXT, model_dicts, mutated, raw_bytes
-from tuneforge.recipe import validate_recipe
+from tuneforge.recipe_file import validate_recipe
 from tuneforge.serve.app import Limits
 from tuneforge.serve.schemas import ChatRequest, CompletionRequest, FeedbackRequest
 from tuneforge.serve.server import Background, build

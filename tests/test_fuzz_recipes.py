@@ -14,7 +14,8 @@ from conftest import arithmetic_rows, fuzz, write_jsonl
 from fuzzing import EDGE_TEXT, JSON_VALUES, ODD_TEXT, field_paths, valid
 from tuneforge.cli.main import main
 from tuneforge.errors import UserError
-from tuneforge.recipe import Recipe, load_recipe
+from tuneforge.recipe import Recipe
+from tuneforge.recipe_file import load_recipe
 from tuneforge.train import run as run_module
 
 SHIPPED = sorted((Path(__file__).parents[1] / "recipes").rglob("*.yaml"))

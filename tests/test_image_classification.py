@@ -14,7 +14,7 @@ from conftest import pattern_image, read_jsonl, write_image_folder
 from conftest import post_json as post
 
 from tuneforge.cli.main import main
-from tuneforge.recipe import validate_recipe
+from tuneforge.recipe_file import validate_recipe
 
 
 def image_run_recipe(model, data, name: str, **train) -> dict:

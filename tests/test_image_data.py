@@ -15,7 +15,7 @@ from PIL import Image
 
 from tuneforge.cli.main import main
 from tuneforge.errors import UserError
-from tuneforge.recipe import validate_recipe
+from tuneforge.recipe_file import validate_recipe
 
 
 def image_recipe(model, *sources, **data) -> dict:

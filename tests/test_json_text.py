@@ -40,7 +40,7 @@ def test_deeply_nested_input_is_refused_where_it_comes_in(tmp_path, prepare_into
     import pytest
 
     from tuneforge.errors import UserError
-    from tuneforge.recipe import load_recipe
+    from tuneforge.recipe_file import load_recipe
 
     recipe = tmp_path / "deep.yaml"
     recipe.write_text("train: " + "[" * 20_000 + "]" * 20_000 + "\n")

@@ -10,7 +10,8 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from tuneforge.methods import METHODS, apply_method, get_method
 from tuneforge.methods.model_parts import count_parameters
 from tuneforge.models.loader import load_model
-from tuneforge.recipe import Method, Recipe, validate_recipe
+from tuneforge.recipe import Method, Recipe
+from tuneforge.recipe_file import validate_recipe
 
 
 def test_the_recipe_accepts_exactly_the_registered_methods_in_order():

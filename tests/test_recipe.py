@@ -10,7 +10,8 @@ from tuneforge.data.prepare import prepare_data
 from tuneforge.errors import UserError
 from tuneforge.models import loader
 from tuneforge.models.catalog import CATALOG
-from tuneforge.recipe import Recipe, load_recipe
+from tuneforge.recipe import Recipe
+from tuneforge.recipe_file import load_recipe
 from tuneforge.tasks import TASKS
 
 ROOT = Path(__file__).parents[1]

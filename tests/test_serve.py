@@ -22,7 +22,7 @@ from tuneforge.cli.main import main
 from tuneforge.errors import UserError
 from tuneforge.inference.run_models import RunModels
 from tuneforge.inference.session import ChatSession
-from tuneforge.recipe import validate_recipe
+from tuneforge.recipe_file import validate_recipe
 from tuneforge.serve.app import Limits
 from tuneforge.serve.feedback import export_feedback
 from tuneforge.serve.server import Background, _check_port, build

@@ -17,7 +17,7 @@ from openai import OpenAI
 
 from conftest import arithmetic_rows, tiny_run_recipe, write_jsonl
 from tuneforge.inference.run_models import RunModels
-from tuneforge.recipe import validate_recipe
+from tuneforge.recipe_file import validate_recipe
 from tuneforge.serve import engine as engine_module
 from tuneforge.serve.app import Limits
 from tuneforge.serve.engine import Job, Sampling

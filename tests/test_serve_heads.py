@@ -12,7 +12,7 @@ from conftest import labelled_rows, tiny_run_recipe, write_jsonl
 from conftest import post_json as post
 from openai import OpenAI
 
-from tuneforge.recipe import validate_recipe
+from tuneforge.recipe_file import validate_recipe
 from tuneforge.serve.app import Limits
 from tuneforge.serve.server import Background, build
 from tuneforge.train.run import train

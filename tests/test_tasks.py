@@ -11,7 +11,8 @@ import pytest
 from conftest import arithmetic_rows, write_jsonl
 from tuneforge.errors import UserError
 from tuneforge.evaluate.run import evaluate_run
-from tuneforge.recipe import Recipe, Task, validate_recipe
+from tuneforge.recipe import Recipe, Task
+from tuneforge.recipe_file import validate_recipe
 from tuneforge.tasks import TASKS, get_task
 from tuneforge.train.run import train
 
@@ -70,7 +71,7 @@ def test_causal_lm_refuses_conversations_with_file_and_line(tiny_model, tmp_path
 def test_causal_lm_refuses_augmentation_which_makes_conversations(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("task: causal_lm\ndata:\n  sources: [docs.jsonl]\n  augment:\n    synthetic: 10\n")
-    from tuneforge.recipe import load_recipe
+    from tuneforge.recipe_file import load_recipe
 
     with pytest.raises(UserError, match=r"r.yaml:4: data.augment makes conversations, and task causal_lm"):
         load_recipe(recipe)

@@ -13,7 +13,7 @@ from tuneforge.evaluate.heads import format_head_table
 from tuneforge.evaluate.run import evaluate_run
 from tuneforge.evaluate.table import format_comparison, format_side_by_side
 from tuneforge.json_text import read_jsonl
-from tuneforge.recipe import load_recipe
+from tuneforge.recipe_file import load_recipe
 from tuneforge.train.run import train
 
 DEMO_RECIPE = "pydocs-lora.yaml"

@@ -248,7 +248,7 @@ def _run(args) -> int | None:
 
         print_catalog()
     elif args.command == "train":
-        from tuneforge.recipe import load_recipe
+        from tuneforge.recipe_file import load_recipe
         from tuneforge.train.run import resume, train
 
         if args.find_lr:
@@ -268,7 +268,7 @@ def _run(args) -> int | None:
         else:
             train(load_recipe(args.recipe, args.overrides), Path(args.runs_dir), args.overwrite)
     elif args.command == "plan":
-        from tuneforge.recipe import load_recipe
+        from tuneforge.recipe_file import load_recipe
         from tuneforge.train.run import plan_training
 
         plan_training(load_recipe(args.recipe, args.overrides))
@@ -358,7 +358,7 @@ def _names(value: str | None) -> list[str] | None:
 
 
 def _data(args) -> None:
-    from tuneforge.recipe import load_recipe, validate_recipe
+    from tuneforge.recipe_file import load_recipe, validate_recipe
 
     if args.data_command == "preview":
         from tuneforge.data.preview import preview

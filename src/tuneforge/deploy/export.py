@@ -18,7 +18,7 @@ from tuneforge.deploy.card import model_card
 from tuneforge.errors import UserError
 from tuneforge.methods import get_method
 from tuneforge.models.catalog import CATALOG
-from tuneforge.recipe import load_recipe
+from tuneforge.recipe_file import load_recipe
 from tuneforge.run_folder import open_run
 from tuneforge.tasks import get_task
 

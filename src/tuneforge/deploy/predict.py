@@ -25,7 +25,7 @@ MAX_ROW_CHARS = 1_000_000
 
 def predict_file(run_dir: Path, input_path: Path, out: Path | None = None, text_column: str = "text",
                  overwrite: bool = False) -> Path:
-    from tuneforge.recipe import load_recipe
+    from tuneforge.recipe_file import load_recipe
     from tuneforge.run_folder import open_run
 
     run_dir = open_run(run_dir)

@@ -32,7 +32,7 @@ from tuneforge.inference.generate import generate_batch
 from tuneforge.inference.run_models import RunModels
 from tuneforge.methods import get_method
 from tuneforge.models.chat_template import render_prompt
-from tuneforge.recipe import load_recipe
+from tuneforge.recipe_file import load_recipe
 from tuneforge.run_folder import open_run
 from tuneforge.runtime.hardware import DTYPES
 from tuneforge.tasks import get_task

@@ -13,7 +13,7 @@ import torch
 from tuneforge.methods import get_method
 from tuneforge.methods.model_parts import final_linear
 from tuneforge.models.loader import load_inputs, resolve_model
-from tuneforge.recipe import load_recipe
+from tuneforge.recipe_file import load_recipe
 from tuneforge.run_folder import finished_model, open_run
 from tuneforge.runtime.hardware import autocast, choose_precision, detect_device
 from tuneforge.tasks import get_task

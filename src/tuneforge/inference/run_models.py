@@ -7,7 +7,8 @@ import torch
 
 from tuneforge.methods import get_method
 from tuneforge.models.loader import load_model, load_tokenizer, resolve_model
-from tuneforge.recipe import Recipe, load_recipe
+from tuneforge.recipe import Recipe
+from tuneforge.recipe_file import load_recipe
 from tuneforge.run_folder import finished_model, open_run
 from tuneforge.runtime import attention
 from tuneforge.runtime.hardware import DTYPES, autocast, choose_precision, detect_device

@@ -11,7 +11,7 @@ from tuneforge.errors import UserError
 from tuneforge.inference.run_models import for_inference
 from tuneforge.methods import get_method
 from tuneforge.models.loader import load_model, load_tokenizer, resolve_model
-from tuneforge.recipe import load_recipe
+from tuneforge.recipe_file import load_recipe
 from tuneforge.run_folder import open_run
 from tuneforge.runtime import attention
 from tuneforge.runtime.hardware import autocast, choose_precision, detect_device

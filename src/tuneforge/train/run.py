@@ -22,7 +22,8 @@ from tuneforge.errors import UserError
 from tuneforge.methods import get_method
 from tuneforge.methods.model_parts import trainable_parameters, transformer_blocks
 from tuneforge.models.loader import load_inputs, resolve_model
-from tuneforge.recipe import Recipe, load_recipe, validate_recipe
+from tuneforge.recipe import Recipe
+from tuneforge.recipe_file import load_recipe, validate_recipe
 from tuneforge.run_folder import create_run_dir, open_run, truncate_metrics, write_env
 from tuneforge.runtime.distributed import check_batch, device_for, full_state, init_distributed, shutdown, wrap
 from tuneforge.runtime.hardware import choose_precision, image_fast_path
