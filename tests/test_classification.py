@@ -336,7 +336,7 @@ def test_onnx_is_refused_for_a_chat_run_and_gguf_for_a_head(trained, tiny_model,
     assert main(["export", str(chat), "--format", "onnx", "--out", str(tmp_path / "x")]) == 2
     assert "--format onnx is for classification and regression runs" in capsys.readouterr().err
     assert main(["export", str(trained["full"]), "--format", "gguf", "--out", str(tmp_path / "y")]) == 2
-    assert "--format gguf is for generative models" in capsys.readouterr().err
+    assert "--format gguf is for generative decoder-only models" in capsys.readouterr().err
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 

@@ -26,8 +26,9 @@ class Section(BaseModel):
 class ModelSection(Section):
     name: str | None = None
     """A catalogue name (see `tuneforge models`), a local Hugging Face folder, or a hub id; empty means
-    the task's bundled model (smollm2-135m-instruct for chat and causal_lm, all-minilm-l6-v2 for
-    classification and regression)."""
+    the task's default model (bundled: smollm2-135m-instruct for chat and causal_lm, all-minilm-l6-v2 for
+    classification and regression, efficientnet-lite0 for image_classification; from the hub:
+    flan-t5-small for seq2seq)."""
     dropout: float | None = Field(None, ge=0.0, lt=1.0)
     """Override the model's own dropout (attention, hidden, embedding); empty keeps its config's value."""
 
@@ -335,8 +336,9 @@ class Recipe(Section):
     task: Task = "chat"
     """What is learnt: chat (assistant answers in conversations, through the chat template; text rows
     learnt whole), causal_lm (raw text only, every token: continued pre-training), classification
-    (a label or labels per text, a new head), regression (a number per text, a new head) or
-    image_classification (a label or labels per image, a new head)."""
+    (a label or labels per text, a new head), regression (a number per text, a new head),
+    image_classification (a label or labels per image, a new head) or seq2seq (an encoder-decoder such
+    as T5 or BART writes the answer to a prompt)."""
     method: Method | None = None
     """full (every weight), freeze (the last blocks), gradual_unfreeze (blocks unfrozen from the top
     during training), lora, rslora, dora, qlora (adapters) or prompt_tuning (a learned soft prompt).

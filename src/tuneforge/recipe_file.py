@@ -68,8 +68,15 @@ def _check_task_fits(recipe: Recipe, source: str, lines: dict[tuple, int]) -> No
                         f"{task.refused_methods[recipe.method]} Methods for {recipe.task}: {allowed}.")
     if recipe.train.packing and not task.packing:
         raise UserError(f"{where('train', 'packing')}: train.packing: task {recipe.task} reads each example on its "
-                        "own (one label per row), so rows cannot be packed; set train.packing: false or leave it "
-                        "empty.")
+                        "own (one label per row, or one prompt per row for an encoder), so rows cannot be packed; "
+                        "set train.packing: false or leave it empty.")
+    if task.encoder_decoder and recipe.data.train_on_prompt:
+        raise UserError(f"{where('data', 'train_on_prompt')}: data.train_on_prompt: task {recipe.task} feeds the prompt "
+                        "to the encoder, which has no targets; only the answer is learnt. Remove data.train_on_prompt.")
+    if task.encoder_decoder and (augment.synthetic or augment.paraphrases) and not augment.model:
+        raise UserError(f"{where('data', 'augment')}: data.augment writes new rows with a chat model, and this recipe's "
+                        f"model is an encoder-decoder for task {recipe.task}; name the writer, for instance "
+                        "data.augment.model: smollm2-135m-instruct.")
     if recipe.train.early_stopping_metric == "val_accuracy" and not task.has_accuracy:
         raise UserError(f"{where('train', 'early_stopping_metric')}: train.early_stopping_metric: task "
                         f"{recipe.task} has no accuracy; use val_loss.")

@@ -26,7 +26,7 @@ def memory_gib(entry: CatalogEntry, method: str) -> float | None:
 
 
 def print_catalog() -> None:
-    defaults = {task.default_model for task in TASKS.values()}
+    defaults = {task.default_model for task in TASKS.values() if CATALOG[task.default_model].bundled}
     header = ("name", "params", "arch", "tasks", "source", "licence", "LoRA GiB", "full GiB")
     rows = [(e.name + (" *" if e.name in defaults else ""), _millions(e.params), e.architecture,
              _tasks(e), e.source, e.licence, *(_gib(memory_gib(e, m)) for m in ("lora", "full")))
@@ -35,15 +35,15 @@ def print_catalog() -> None:
     for row in [header, *rows]:
         print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip())
     print("\n* a task's default, works offline. heads = classification, regression (a new head on the model).\n"
-          "image_classification: a new head on an ImageNet backbone.\n"
+          "image_classification: a new head on an ImageNet backbone. seq2seq: an encoder-decoder writes the\n"
+          "answer (its default, flan-t5-small, comes from the hub: no seq2seq model installs offline).\n"
           "Memory: fp32 AdamW, micro-batch 4 x 512 tokens (estimate).\n"
           "Hub models download on first use (network needed); model.name also takes a local folder.")
 
 
 def _tasks(entry: CatalogEntry) -> str:
-    if entry.kind == "image":
-        return "image_classification"
-    return "heads" if entry.encoder else "chat, causal_lm, heads"
+    tasks = [t for t in entry.tasks if t not in ("classification", "regression")]
+    return ", ".join(tasks + (["heads"] if "classification" in entry.tasks else []))
 
 
 def _gib(value: float | None) -> str:

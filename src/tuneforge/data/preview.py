@@ -25,6 +25,8 @@ def preview(recipe: Recipe, n: int, split: str = "train", color: bool | None = N
         return image_preview(recipe, tokenizer, folder, examples)
     if task.head:
         return _labelled_preview(recipe, tokenizer, folder, examples)
+    if task.encoder_decoder:
+        return _pair_preview(recipe, tokenizer, folder, examples)
     color = sys.stdout.isatty() if color is None else color
     start, end = ("\033[42;30m", "\033[0m") if color else ("[[", "]]")
     limit = max_length(recipe, folder)
@@ -58,4 +60,17 @@ def _labelled_preview(recipe: Recipe, tokenizer, folder, examples: list[dict]) -
         note = ", truncated" if enc.truncated else ""
         out += [f"--- {example['id']} ({len(enc.input_ids)} tokens{note}) -> label {example['label']!r}",
                 tokenizer.decode(enc.input_ids), ""]
+    return "\n".join(out)
+
+
+def _pair_preview(recipe: Recipe, tokenizer, folder, examples: list[dict]) -> str:
+    """Each example as an encoder-decoder reads it: the encoder's tokens, and the decoder's labels (every
+    one carries loss), special tokens shown."""
+    limit = max_length(recipe, folder)
+    out = [f"The encoder reads the prompt; loss falls on every decoder label (data.max_length = {limit} each).", ""]
+    for example in examples:
+        enc = get_task(recipe.task).encode(example, tokenizer, limit)
+        note = ", truncated" if enc.truncated else ""
+        out += [f"--- {example['id']} ({len(enc.input_ids)} encoder tokens, {len(enc.labels)} labels{note})",
+                f"encoder: {tokenizer.decode(enc.input_ids)}", f"labels:  {tokenizer.decode(enc.labels)}", ""]
     return "\n".join(out)

@@ -71,6 +71,21 @@ from transformers import AutoTokenizer
 model = AutoPeftModelForSequenceClassification.from_pretrained("{path}")  # fetches the base model {base}
 tokenizer = AutoTokenizer.from_pretrained("{path}")
 ```""",
+    "hf_seq2seq": """```python
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+tokenizer = AutoTokenizer.from_pretrained("{path}")
+model = AutoModelForSeq2SeqLM.from_pretrained("{path}")
+inputs = tokenizer(["What does `json.dumps` do?"], return_tensors="pt")  # the prompt, as in training
+print(tokenizer.decode(model.generate(**inputs, max_new_tokens=100)[0], skip_special_tokens=True))
+```""",
+    "adapter_seq2seq": """```python
+from peft import AutoPeftModelForSeq2SeqLM
+from transformers import AutoTokenizer
+
+model = AutoPeftModelForSeq2SeqLM.from_pretrained("{path}")  # fetches the base model {base}
+tokenizer = AutoTokenizer.from_pretrained("{path}")
+```""",
     "gguf": """```
 llama-cli -m {path}/{gguf} -cnv
 ollama create tuned -f {path}/Modelfile && ollama run tuned
@@ -82,6 +97,8 @@ def _usage(recipe: Recipe, fmt: str) -> str:
     task = TASKS[recipe.task]
     if task.images and fmt in ("hf", "onnx"):
         return f"{fmt}_image"
+    if task.encoder_decoder:
+        return f"{fmt}_seq2seq"
     return f"{fmt}_head" if task.head else fmt
 
 

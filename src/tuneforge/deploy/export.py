@@ -1,8 +1,8 @@
 """`tuneforge export RUN --format hf | adapter | gguf | onnx`: a run's model in the form other tools load.
 
 hf: the adapter merged into the base (transformers, vLLM, TGI); adapter: the PEFT adapter alone (PEFT,
-vLLM --lora-modules); gguf: one llama.cpp file (llama.cpp, Ollama, LM Studio); onnx: a classification
-or regression model as one ONNX graph (onnxruntime), checked against PyTorch (deploy/onnx.py). Each
+vLLM --lora-modules); gguf: one llama.cpp file (llama.cpp, Ollama, LM Studio; decoder-only models);
+onnx: a classification or regression model as one ONNX graph (onnxruntime), checked against PyTorch (deploy/onnx.py). Each
 export is a folder with a model card; it is written next to its final place and renamed, so an
 interrupted export leaves nothing behind and an existing path is never replaced unless --overwrite
 says so.
@@ -23,6 +23,8 @@ from tuneforge.run_folder import open_run
 from tuneforge.tasks import get_task
 
 FORMATS = ("hf", "adapter", "gguf", "onnx")
+FOR = {"gguf": "generative decoder-only models (llama.cpp, Ollama)",
+       "onnx": "classification and regression runs (one graph with the head)"}
 
 
 def default_out(run_dir: Path, fmt: str, quant: str) -> Path:
@@ -42,13 +44,13 @@ def export_run(run_dir: Path, fmt: str, out: Path | None = None, quant: str = "f
         raise UserError(f"--quant: {quant!r} is not one of {', '.join(gguf.QUANTS)}.")
     method = get_method(recipe.method)
     adapter = method.adapter
-    head = get_task(recipe.task).head
-    if fmt == "gguf" and head:
-        raise UserError(f"{run_dir}: --format gguf is for generative models (llama.cpp, Ollama); a {recipe.task} "
-                        "run's head exports with --format hf (transformers' pipeline), onnx or adapter.")
-    if fmt == "onnx" and not head:
-        raise UserError(f"{run_dir}: --format onnx is for classification and regression runs; a {recipe.task} run "
-                        "exports with --format hf, adapter or gguf.")
+    task = get_task(recipe.task)
+    fits = [f for f in FORMATS if f != "onnx" or task.head]
+    if task.head or task.encoder_decoder:
+        fits.remove("gguf")
+    if fmt not in fits:
+        raise UserError(f"{run_dir}: --format {fmt} is for {FOR[fmt]}; a {recipe.task} run exports with --format "
+                        f"{', '.join(fits)}.")
     if fmt == "adapter" and not adapter:
         raise UserError(f"{run_dir}: a {recipe.method} run changed the model's own weights, so it has no adapter; "
                         "export it with --format hf or --format gguf.")
@@ -122,7 +124,8 @@ def _merged(run_dir: Path, recipe, folder: Path, adapter: bool) -> None:
 
         merged = HeadModel(run_dir).model.cpu().merge_and_unload()
     else:
-        merged = PeftModel.from_pretrained(load_model(resolve_model(recipe.model.name)), model_dir).merge_and_unload()
+        base = load_model(resolve_model(recipe.model.name), model_class=get_task(recipe.task).model_class)
+        merged = PeftModel.from_pretrained(base, model_dir).merge_and_unload()
     merged.save_pretrained(folder)
     load_inputs(model_dir, get_task(recipe.task)).save_pretrained(folder)
 

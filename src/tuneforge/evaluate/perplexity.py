@@ -9,13 +9,15 @@ text as fits). With LL the summed log-likelihood of every token of every documen
     byte perplexity  = exp(-LL / UTF-8 bytes) bits per byte   = -LL / bytes / ln 2
 
 where words are `len(re.split(r"\\s+", text))` (lm-eval's count_words). Windows are scored packed
-(train/loss.example_losses), so no token is padding and every document attends to itself only.
+(train/loss.example_losses), so no token is padding and every document attends to itself only. An
+encoder-decoder is scored on each document's second half given its first (continuation_perplexity).
 """
 
 import contextlib
 import math
 import re
 
+from tuneforge.tasks import seq2seq
 from tuneforge.tasks.tokens import IGNORE, Encoded
 from tuneforge.train.loss import example_losses
 
@@ -76,6 +78,27 @@ def text_perplexity(model, tokenizer, texts: list[str], device: str, max_length:
     for d, s, n in zip(owners, sums, counts):
         loglik[d] -= s
         tokens[d] += n
+    return _perplexities(texts, loglik, tokens)
+
+
+def continuation_perplexity(model, tokenizer, texts: list[str], device: str, max_length: int = 512,
+                            tokens_per_batch: int = 2048, autocast=contextlib.nullcontext) -> dict:
+    """The perplexities above for an encoder-decoder, which gives no probability to a text on its own:
+    each document's first half (by words) is the encoder's prompt and its second half the answer
+    scored, so the counts are the second halves'."""
+    task, halves, pairs = seq2seq.Seq2Seq(), [], []
+    for i, text in enumerate(texts):
+        words = text.split()
+        first, second = " ".join(words[:len(words) // 2]), " ".join(words[len(words) // 2:])
+        halves.append(second)
+        pairs.append(task.encode({"id": str(i), "messages": [{"role": "user", "content": first},
+                                                             {"role": "assistant", "content": second}]},
+                                 tokenizer, max_length))
+    sums, counts = seq2seq.example_losses(model, pairs, device, tokenizer.pad_token_id, tokens_per_batch, autocast)
+    return _perplexities(halves, [-s for s in sums], counts)
+
+
+def _perplexities(texts: list[str], loglik: list[float], tokens: list[int]) -> dict:
     words = [count_words(t) for t in texts]
     nbytes = [len(t.encode("utf-8")) for t in texts]
     total = sum(loglik)

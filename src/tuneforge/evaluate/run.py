@@ -26,7 +26,7 @@ from tuneforge.evaluate.metrics import (
     perplexity_interval,
     summarize,
 )
-from tuneforge.evaluate.perplexity import text_perplexity
+from tuneforge.evaluate.perplexity import continuation_perplexity, text_perplexity
 from tuneforge.evaluate.table import format_comparison, format_scores
 from tuneforge.inference.generate import generate_batch
 from tuneforge.inference.run_models import RunModels
@@ -35,7 +35,7 @@ from tuneforge.models.chat_template import render_prompt
 from tuneforge.recipe_file import load_recipe
 from tuneforge.run_folder import open_run
 from tuneforge.runtime.hardware import DTYPES
-from tuneforge.tasks import get_task
+from tuneforge.tasks import get_task, seq2seq
 from tuneforge.train.loss import example_losses
 
 # Tokens per packed row when scoring perplexity: enough to keep the matmuls at full speed.
@@ -74,12 +74,15 @@ def evaluate_run(run_dir: Path, max_samples: int | None = None, compare: list[Pa
     if unknown:
         raise UserError(f"--metrics: unknown {', '.join(unknown)}; choose from perplexity, {', '.join(METRICS)}.")
     others = [open_run(path) for path in compare]
+    task = get_task(recipe.task)
+    if lm_eval and task.encoder_decoder:
+        raise UserError(f"--lm-eval: scores causal language models; a {recipe.task} run's model is an encoder-decoder. "
+                        "Its test set is evaluated without --lm-eval.")
     if lm_eval and not get_method(recipe.method).mergeable:
         raise UserError(f"--lm-eval runs on the merged model; a {recipe.method} run has no weights to merge.")
     general_name, general_texts = load_general_text(recipe.eval.general_text)
 
     models = RunModels(run_dir, recipe.eval.precision)
-    task = get_task(recipe.task)
     chats = [e for e in test if "messages" in e] if task.generates else []  # no prompts to answer in raw text
     n = min(max_samples or recipe.eval.max_samples, len(chats))
     samples = random.Random(recipe.seed).sample(chats, n) if n < len(chats) else chats
@@ -88,12 +91,19 @@ def evaluate_run(run_dir: Path, max_samples: int | None = None, compare: list[Pa
     def score(model, tokenizer, device: str, autocast, which: str) -> Scored:
         encoded = [task.encode(e, tokenizer, recipe.data.max_length, recipe.data.train_on_prompt) for e in test]
         encoded = [e for e in encoded if e.loss_tokens > 0]
+        tokens = TOKENS_PER_BATCH[device]
         with autocast:
-            sums, counts = example_losses(model, encoded, device, TOKENS_PER_BATCH[device], tokenizer.pad_token_id)
-            prompts = [render_prompt(tokenizer, e["messages"]) for e in samples]
+            if task.encoder_decoder:
+                sums, counts = seq2seq.example_losses(model, encoded, device, tokenizer.pad_token_id, tokens)
+                prompts = [task.source(e) for e in samples]
+                general = continuation_perplexity(model, tokenizer, general_texts, device, recipe.data.max_length,
+                                                  tokens_per_batch=tokens)
+            else:
+                sums, counts = example_losses(model, encoded, device, tokens, tokenizer.pad_token_id)
+                prompts = [render_prompt(tokenizer, e["messages"]) for e in samples]
+                general = text_perplexity(model, tokenizer, general_texts, device, tokens_per_batch=tokens)
             answers = generate_batch(model, tokenizer, prompts, recipe.eval.max_new_tokens, recipe.eval.batch_size,
                                      desc=f"generate ({which})")
-            general = text_perplexity(model, tokenizer, general_texts, device, tokens_per_batch=TOKENS_PER_BATCH[device])
         return Scored(sums, counts, answers, example_scores(answers, references), general)
 
     started = time.perf_counter()
@@ -115,7 +125,8 @@ def evaluate_run(run_dir: Path, max_samples: int | None = None, compare: list[Pa
     metrics["paired"] = _paired(scored["tuned"], scored["base"], recipe.seed)
     metrics["runs"] = {name: {"paired": _paired(scored["tuned"], scored[name], recipe.seed)} for name in scored
                        if name not in ("base", "tuned")}
-    metrics["forgetting"] = {"set": general_name, "documents": len(general_texts),
+    scored_as = " (each passage's second half from its first)" if task.encoder_decoder else ""
+    metrics["forgetting"] = {"set": general_name + scored_as, "documents": len(general_texts),
                              **forgetting(scored["base"].general, scored["tuned"].general,
                                           recipe.eval.forgetting_threshold)}
     if lm_eval:

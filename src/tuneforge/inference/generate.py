@@ -1,5 +1,6 @@
 """Batched generation (greedy, or sampled at a temperature): left padding, KV cache, prompts of similar
-length batched together."""
+length batched together. An encoder-decoder (T5, BART) reads each prompt as its tokenizer encodes it
+(with its special tokens) and its output is the answer alone."""
 
 import torch
 from tqdm import tqdm
@@ -16,6 +17,7 @@ def generate_batch(model, tokenizer, prompts: list[str], max_new_tokens: int, ba
     config = GenerationConfig(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                               eos_token_id=tokenizer.eos_token_id, **sampling)
     tokenizer.padding_side = "left"
+    encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     outputs: list[str] = [""] * len(prompts)
     device = next(model.parameters()).device
@@ -24,8 +26,12 @@ def generate_batch(model, tokenizer, prompts: list[str], max_new_tokens: int, ba
     for start in bar:
         chunk = order[start:start + batch_size]
         enc = tokenizer([prompts[i] for i in chunk], return_tensors="pt", padding=True,
-                        add_special_tokens=False).to(device)
-        out = model.generate(**enc, generation_config=config, past_key_values=growing_cache(model))
-        for i, row in zip(chunk, out[:, enc["input_ids"].shape[1]:]):
+                        add_special_tokens=encoder_decoder).to(device)
+        if encoder_decoder:  # transformers' own encoder-decoder cache
+            out = model.generate(**enc, generation_config=config)
+        else:
+            out = model.generate(**enc, generation_config=config, past_key_values=growing_cache(model))
+            out = out[:, enc["input_ids"].shape[1]:]
+        for i, row in zip(chunk, out):
             outputs[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
     return outputs

@@ -13,6 +13,7 @@ from tuneforge.run_folder import finished_model, open_run
 from tuneforge.runtime import attention
 from tuneforge.runtime.hardware import DTYPES, autocast, choose_precision, detect_device
 from tuneforge.runtime.precision import half_frozen_linears
+from tuneforge.tasks import get_task
 
 
 class RunModels:
@@ -45,6 +46,9 @@ class RunModels:
         return autocast(self.device, self.precision)
 
     def _load(self, folder: Path):
+        task = get_task(self.recipe.task)
+        if task.encoder_decoder:  # its encoder's rows are padded, never packed: the model's own attention
+            return load_model(folder, torch.float32, self.device, model_class=task.model_class)
         return load_model(folder, torch.float32, self.device, attn_implementation=attention.NAME)
 
     @contextlib.contextmanager

@@ -9,12 +9,15 @@ from transformers import GenerationConfig, TextStreamer
 from tuneforge.inference.kv_cache import growing_cache
 from tuneforge.inference.run_models import RunModels
 from tuneforge.models.chat_template import render_prompt
+from tuneforge.tasks import get_task
 
 
 class ChatSession:
     def __init__(self, models: RunModels, base: bool = False):
         self.models, self.use_base = models, base
         self.tokenizer = models.tokenizer
+        self.one_turn = get_task(models.recipe.task).encoder_decoder
+        """An encoder-decoder answers each prompt on its own, as it learnt to: no conversation history."""
 
     @classmethod
     def from_run(cls, run_dir: Path, base: bool = False) -> "ChatSession":
@@ -22,12 +25,18 @@ class ChatSession:
 
     @torch.no_grad()
     def reply(self, messages: list[dict], max_new_tokens: int, stream: bool = False) -> str:
-        prompt = render_prompt(self.tokenizer, messages)
+        if self.one_turn:  # the prompt as training's encoder read it: system text, then the prompt
+            prompt = "\n\n".join(m["content"] for m in messages if m["role"] != "assistant")
+        else:
+            prompt = render_prompt(self.tokenizer, messages)
         config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False,
                                   pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id)
         streamer = TextStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True) if stream else None
         with self.models.base() if self.use_base else contextlib.nullcontext(self.models.tuned) as model:
-            enc = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)
-            out = model.generate(**enc, generation_config=config, streamer=streamer,
-                                 past_key_values=growing_cache(model))
-        return self.tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+            enc = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=self.one_turn).to(model.device)
+            if self.one_turn:  # the output is the answer alone, from transformers' encoder-decoder cache
+                out = model.generate(**enc, generation_config=config, streamer=streamer)[0]
+            else:
+                out = model.generate(**enc, generation_config=config, streamer=streamer,
+                                     past_key_values=growing_cache(model))[0, enc["input_ids"].shape[1]:]
+        return self.tokenizer.decode(out, skip_special_tokens=True).strip()

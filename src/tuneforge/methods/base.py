@@ -75,3 +75,13 @@ class Method:
     def head_gradient(self, vocab: int, hidden: int) -> int:
         """Bytes of the output head's weight gradient, when the head learns."""
         return 0
+
+
+def peft_task_type(model, head: tuple[str, ...] = ()) -> str | None:
+    """PEFT's wrapper for this model: sequence classification under a task's new head, seq-to-seq for an
+    encoder-decoder, causal LM otherwise; none for an image model (PEFT's wrappers pass input_ids)."""
+    if getattr(model, "main_input_name", "") == "pixel_values":
+        return None
+    if head:
+        return "SEQ_CLS"
+    return "SEQ_2_SEQ_LM" if getattr(model.config, "is_encoder_decoder", False) else "CAUSAL_LM"

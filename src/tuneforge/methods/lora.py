@@ -4,7 +4,7 @@ base frozen."""
 import re
 
 from tuneforge.errors import UserError
-from tuneforge.methods.base import Method, register
+from tuneforge.methods.base import Method, peft_task_type, register
 
 
 @register
@@ -27,10 +27,8 @@ class Lora(Method):
         model = self.prepare_base(model)
         # A task's new head is saved and trained whole next to the adapters (PEFT's modules_to_save).
         # PEFT's sequence-classification wrapper passes input_ids: an image model takes the plain one.
-        images = getattr(model, "main_input_name", "") == "pixel_values"
-        task_type = None if images else "SEQ_CLS" if head else "CAUSAL_LM"
         config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                            target_modules=lora.target_modules, task_type=task_type,
+                            target_modules=lora.target_modules, task_type=peft_task_type(model, head),
                             modules_to_save=list(head) or None,
                             use_rslora=self.rank_stabilised, use_dora=self.weight_decomposed)
         return get_peft_model(model, config)

@@ -4,13 +4,14 @@ from tuneforge.errors import UserError
 
 
 def transformer_blocks(model):
-    """The model's stack of transformer blocks: a decoder's layers (Llama, Qwen, ...), or the one list of
-    as many blocks as the config has layers (an encoder's encoder.layer: BERT, RoBERTa, MiniLM, ...)."""
+    """The model's stack of transformer blocks: a decoder's layers (Llama, Qwen, ...; an encoder-decoder's
+    decoder: BART's layers, T5's block), or the one list of as many blocks as the config has layers (an
+    encoder's encoder.layer: BERT, RoBERTa, MiniLM, ...)."""
     import torch
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     decoder = base.get_decoder() if hasattr(base, "get_decoder") else None
-    layers = getattr(decoder, "layers", None)
+    layers = getattr(decoder, "layers", getattr(decoder, "block", None))
     if isinstance(layers, torch.nn.ModuleList):
         return layers
     n = getattr(base.config, "num_hidden_layers", None)
@@ -44,7 +45,7 @@ def count_parameters(model) -> tuple[int, int]:
 def top_modules(model, with_embeddings: bool) -> list:
     """Final norm, an untied output head, and the embeddings when asked for (a tied head comes with them)."""
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
-    modules = [getattr(decoder, "norm", None)]
+    modules = [getattr(decoder, "norm", getattr(decoder, "final_layer_norm", None))]  # T5: final_layer_norm
     try:
         embeddings = model.get_input_embeddings()
     except NotImplementedError:  # an image model has no token embeddings

@@ -1,6 +1,6 @@
 """prompt_tuning: a learnt soft prompt in front of every example, the model frozen."""
 
-from tuneforge.methods.base import Method, register
+from tuneforge.methods.base import Method, peft_task_type, register
 
 
 @register
@@ -19,7 +19,7 @@ class PromptTuning(Method):
         pt = recipe.prompt_tuning
         by_text = bool(pt.init_text) and model_dir is not None
         config = PromptTuningConfig(
-            task_type="CAUSAL_LM", num_virtual_tokens=pt.virtual_tokens,
+            task_type=peft_task_type(model), num_virtual_tokens=pt.virtual_tokens,
             prompt_tuning_init=PromptTuningInit.TEXT if by_text else PromptTuningInit.RANDOM,
             prompt_tuning_init_text=pt.init_text if by_text else None,
             tokenizer_name_or_path=str(model_dir) if by_text else None)

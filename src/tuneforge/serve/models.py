@@ -54,6 +54,10 @@ class ModelPool:
             if not get_method(recipe.method).servable:
                 raise UserError(f"{run_dir}: prompt-tuning runs are not served yet (their soft prompt does not "
                                 f"combine with a shared KV cache); try it with: tuneforge chat {run_dir}")
+            if get_task(recipe.task).encoder_decoder:
+                raise UserError(f"{run_dir}: {recipe.task} runs are not served yet (the server's engine batches "
+                                "decoder-only models over one KV cache); try it with tuneforge generate "
+                                f"{run_dir} --prompt ..., or export it: tuneforge export {run_dir} --format hf")
         for run_dir, recipe in recipes.items():
             if get_task(recipe.task).head:
                 self.heads[run_dir.name] = HeadServer(run_dir, self.precision)

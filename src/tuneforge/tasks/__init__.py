@@ -3,7 +3,7 @@ new module here, imported below, plus its tests."""
 
 # isort: off
 # Registration order is the order the recipe lists the tasks in.
-from tuneforge.tasks import chat, causal_lm, classification, regression, image_classification  # noqa: F401
+from tuneforge.tasks import chat, causal_lm, seq2seq, classification, regression, image_classification  # noqa: F401
 # isort: on
 from tuneforge.tasks.base import TASKS, Task, get_task, register
 

@@ -41,6 +41,9 @@ class Task:
     images: ClassVar[bool] = False
     """Its rows are images (data/images.py stores them), read by the model's image processor instead of
     a tokenizer."""
+    encoder_decoder: ClassVar[bool] = False
+    """Its model is an encoder-decoder (T5, BART): the prompt is encoded once and the answer decoded
+    from it, instead of one token stream continued."""
     unit: ClassVar[str] = "tok"
     """What throughput counts: tokens, or images for an image task."""
 
