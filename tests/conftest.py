@@ -70,6 +70,66 @@ def build_tiny_encoder(folder: Path, layers: int = 2) -> Path:
     return folder
 
 
+def _pair_corpus() -> list[str]:
+    return [m["content"] for r in arithmetic_rows(200) for m in r["messages"]] + _CORPUS
+
+
+def build_tiny_t5(folder: Path) -> Path:
+    """A tiny random T5 (relative attention, the pad token as decoder start) with a Unigram tokenizer in
+    T5's layout (<pad> 0, </s> 1, <unk> 2; </s> appended to every text), trained on arithmetic rows."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import T5Config, T5ForConditionalGeneration, T5Tokenizer
+
+    unigram = Tokenizer(models.Unigram())
+    unigram.pre_tokenizer = pre_tokenizers.Metaspace()
+    unigram.train_from_iterator(_pair_corpus(), trainers.UnigramTrainer(
+        vocab_size=300, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>"))
+    vocab = [tuple(piece) for piece in json.loads(unigram.to_str())["model"]["vocab"]]
+    tokenizer = T5Tokenizer(vocab=vocab, extra_ids=0)
+    config = T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                      decoder_start_token_id=tokenizer.pad_token_id, pad_token_id=tokenizer.pad_token_id,
+                      eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    T5ForConditionalGeneration(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def build_tiny_bart(folder: Path) -> Path:
+    """A tiny random BART (learned absolute positions, </s> as decoder start) with a byte-level BPE
+    tokenizer in BART's layout (<s> ... </s> around every text)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import BartConfig, BartForConditionalGeneration, BartTokenizer
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.train_from_iterator(_pair_corpus(), trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    trained = json.loads(bpe.to_str())["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in trained["merges"]]
+    tokenizer = BartTokenizer(vocab=trained["vocab"], merges=merges)
+    config = BartConfig(vocab_size=len(tokenizer), d_model=32, encoder_layers=2, decoder_layers=2,
+                        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                        max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id,
+                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                        decoder_start_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    BartForConditionalGeneration(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_t5(tmp_path_factory) -> Path:
+    return build_tiny_t5(tmp_path_factory.mktemp("tiny-t5"))
+
+
+@pytest.fixture(scope="session")
+def tiny_bart(tmp_path_factory) -> Path:
+    return build_tiny_bart(tmp_path_factory.mktemp("tiny-bart"))
+
+
 _MOODS = {"good": ["great", "lovely", "fine", "happy"], "bad": ["awful", "broken", "sad", "poor"],
           "meh": ["average", "plain", "usual", "okay"]}
 

@@ -16,8 +16,9 @@ def generate_batch(model, tokenizer, prompts: list[str], max_new_tokens: int, ba
     sampling = {"do_sample": True, "temperature": temperature, "top_p": 0.95} if temperature > 0 else {"do_sample": False}
     config = GenerationConfig(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                               eos_token_id=tokenizer.eos_token_id, **sampling)
-    tokenizer.padding_side = "left"
     encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
+    # a decoder continues its prompt, so prompts end together; an encoder reads its own from position 0
+    tokenizer.padding_side = "right" if encoder_decoder else "left"
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     outputs: list[str] = [""] * len(prompts)
     device = next(model.parameters()).device
