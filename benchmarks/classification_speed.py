@@ -23,14 +23,19 @@ benchmarks/results/classification_speed.{json,md}.
 """
 
 import argparse
-import json
-import resource
-import statistics
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
+
+from versus_trainer import (
+    clock,
+    finish,
+    main_loop,
+    medians,
+    run_ours,
+    step_indices,
+    table,
+    write_results,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "pydocs-modules-classification.yaml"
@@ -51,34 +56,18 @@ def main() -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
+        import json
+
         job = json.loads(args.worker)
-        print(json.dumps((run_ours if job["trainer"] == "tuneforge" else run_trainer)(job)))
+        if job["trainer"] == "tuneforge":
+            print(json.dumps(run_ours(job, benchmark_setup(job, job["option"]))))
+        else:
+            print(json.dumps(run_trainer(job)))
         return
-    runs = []
-    for round_ in range(args.repeats):
-        for name in args.configs.split(","):
-            trainer, option = CONFIGS[name]
-            job = {"name": name, "trainer": trainer, "option": option, "steps": args.steps, "warmup": args.warmup,
-                   "batch": args.batch, "max_length": args.max_length, "overrides": args.overrides}
-            result = _spawn(job)
-            runs.append(result)
-            print(f"[round {round_ + 1}] {name}: {result['examples_per_s']} examples/s, peak RSS "
-                  f"{result['peak_rss_gib']} GiB, val loss {result['val_loss']}", flush=True)
-    rows = _medians(runs)
-    table = _table(rows, args)
-    print("\n" + table)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "classification_speed.json").write_text(json.dumps({"args": vars(args), "runs": runs,
-                                                                   "medians": rows}, indent=1) + "\n")
-    (RESULTS / "classification_speed.md").write_text(table + "\n")
-    print(f"\nWrote {RESULTS / 'classification_speed.json'} and {RESULTS / 'classification_speed.md'}")
-
-
-def _spawn(job: dict) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--worker", json.dumps(job)], capture_output=True, text=True)
-    if out.returncode:
-        raise SystemExit(f"{job['name']} failed:\n{out.stderr[-4000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    runs = main_loop(__file__, CONFIGS, args, {"overrides": args.overrides})
+    title = (f"all-MiniLM-L6-v2, full fine-tuning, pydocs-modules, batch {args.batch}, max length {args.max_length}, "
+             f"{args.steps} timed steps after {args.warmup}, medians of {args.repeats}")
+    write_results(RESULTS, "classification_speed", args, runs, table(medians(runs), title, "Trainer"))
 
 
 def benchmark_setup(job: dict, precision: str):
@@ -94,37 +83,6 @@ def benchmark_setup(job: dict, precision: str):
     return plan_training(recipe)
 
 
-def _finish(job: dict, model, pad_id: int, times: list[float], setup, precision: str) -> dict:
-    from tuneforge.runtime.hardware import autocast
-    from tuneforge.train.loss import evaluate_loss
-
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # training's peak, before validation
-    seconds = times[-1] - times[job["warmup"] - 1]
-    task = setup.trainee.task
-    loss_model = task.loss_model(model, setup.recipe, setup.data.encoded["train"])
-    val = setup.data.encoded["val"][:128]
-    loss = evaluate_loss(loss_model, val, 16, pad_id, "cpu", lambda: autocast("cpu", precision)).loss
-    return {"name": job["name"], "precision": precision, "examples_per_s": round(job["steps"] * job["batch"] / seconds, 1),
-            "s_per_step": round(seconds / job["steps"], 3), "peak_rss_gib": round(rss, 2), "val_loss": round(loss, 4)}
-
-
-def _step_indices(job: dict) -> list[list[int]]:
-    return [list(range(s * job["batch"], (s + 1) * job["batch"])) for s in range(job["warmup"] + job["steps"])]
-
-
-def run_ours(job: dict) -> dict:
-    from tuneforge.train.loop import train_step
-    from tuneforge.train.run import load_trainee
-
-    setup = benchmark_setup(job, job["option"])
-    t = load_trainee(setup)
-    encoded, times = setup.data.encoded["train"], []
-    for indices in _step_indices(job):
-        train_step(t, encoded, indices, setup.plan, setup.recipe)
-        times.append(time.perf_counter())
-    return _finish(job, t.model, t.pad_id, times, setup, t.precision)
-
-
 def run_trainer(job: dict) -> dict:
     import torch
     from datasets import Dataset
@@ -132,7 +90,6 @@ def run_trainer(job: dict) -> dict:
         AutoModelForSequenceClassification,
         DataCollatorWithPadding,
         Trainer,
-        TrainerCallback,
         TrainingArguments,
     )
 
@@ -140,7 +97,7 @@ def run_trainer(job: dict) -> dict:
 
     setup = benchmark_setup({**job, "overrides": []}, "fp32")
     encoded = setup.data.encoded["train"]
-    order = [i for step in _step_indices(job) for i in step]  # the same rows in the same order as ours
+    order = [i for step in step_indices(job) for i in step]  # the same rows in the same order as ours
     rows = [{"input_ids": encoded[i].input_ids, "token_type_ids": encoded[i].token_type_ids,
              "labels": encoded[i].target} for i in order]
     names = setup.data.classes.names
@@ -149,45 +106,16 @@ def run_trainer(job: dict) -> dict:
         resolve_model(setup.recipe.model.name), num_labels=len(names), id2label=dict(enumerate(names)),
         label2id={n: i for i, n in enumerate(names)}, dtype=torch.float32)
     times = []
-
-    class Clock(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            times.append(time.perf_counter())
-
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(output_dir=out, per_device_train_batch_size=job["batch"], num_train_epochs=1,
                                  learning_rate=1e-4, lr_scheduler_type="constant", weight_decay=0.0, max_grad_norm=1.0,
                                  train_sampling_strategy="sequential", save_strategy="no", report_to=[], logging_steps=10,
                                  seed=setup.recipe.seed, dataloader_num_workers=0, disable_tqdm=True, use_cpu=True,
                                  bf16=job["option"])
-        trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_list(rows), callbacks=[Clock()],
+        trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_list(rows), callbacks=[clock(times)],
                           data_collator=DataCollatorWithPadding(setup.tokenizer))
         trainer.train()
-    return _finish(job, model, setup.tokenizer.pad_token_id, times, setup, "bf16" if job["option"] else "fp32")
-
-
-def _medians(runs: list[dict]) -> list[dict]:
-    keys = ["examples_per_s", "s_per_step", "peak_rss_gib", "val_loss"]
-    rows = []
-    for name in dict.fromkeys(r["name"] for r in runs):
-        same = [r for r in runs if r["name"] == name]
-        rows.append({**same[0], **{k: round(statistics.median(r[k] for r in same), 4) for k in keys},
-                     "repeats": len(same)})
-    return rows
-
-
-def _table(rows: list[dict], args) -> str:
-    base = {r["precision"]: r for r in rows if r["name"].startswith("trainer")}
-    lines = [f"all-MiniLM-L6-v2, full fine-tuning, pydocs-modules, batch {args.batch}, max length {args.max_length}, "
-             f"{args.steps} timed steps after {args.warmup}, medians of {args.repeats}", "",
-             "| trainer | precision | examples/s | vs Trainer (same precision) | s/step | peak RSS GiB | val loss |",
-             "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        other = base.get(r["precision"])
-        ratio = f"{r['examples_per_s'] / other['examples_per_s']:.2f}x" if other and other is not r else "1.00x"
-        lines.append(f"| {r['name']} | {r['precision']} | {r['examples_per_s']} | {ratio} | {r['s_per_step']} | "
-                     f"{r['peak_rss_gib']} | {r['val_loss']} |")
-    return "\n".join(lines)
+    return finish(job, model, setup.tokenizer.pad_token_id, times, setup, "bf16" if job["option"] else "fp32")
 
 
 if __name__ == "__main__":

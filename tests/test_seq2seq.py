@@ -190,7 +190,56 @@ def test_generate_and_the_hf_export_give_the_same_answer(trained, tmp_path, caps
         assert "AutoModelForSeq2SeqLM" in (out / "README.md").read_text()
 
 
-def test_the_adapter_export_loads_in_peft_and_gguf_onnx_serve_are_refused(trained, tmp_path, capsys):
+def test_the_server_answers_as_generate_does_batched_streamed_and_refuses_what_does_not_fit(trained, tmp_path):
+    """A full BART run and a LoRA T5 run (with its base under its own name) behind one OpenAI-compatible
+    server: greedy answers equal `tuneforge generate`'s, alone or batched, whole or streamed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from openai import BadRequestError, OpenAI
+
+    from tuneforge.inference.run_models import RunModels
+    from tuneforge.inference.session import ChatSession
+    from tuneforge.serve.app import Limits
+    from tuneforge.serve.server import Background, build
+
+    app, engine, _ = build([trained["bart"], trained["t5"]], tmp_path / "requests.sqlite", precision="fp32",
+                           limits=Limits(max_tokens=32))
+    prompts = ["What is 41 plus 6?", "What is 7 plus 0?", "What is 123 plus 4? Say it.", "What is 9 plus 9?"]
+    with Background(app) as srv:
+        client = OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0)
+        names = {m.id for m in client.models.list().data}
+        assert {"bart", "t5", Path(RunModels(trained["t5"]).recipe.model.name).name} <= names
+
+        def ask(model: str, prompt: str, **kw) -> str:
+            r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}],
+                                               temperature=0, max_tokens=12, **kw)
+            return r.choices[0].message.content
+
+        for name in ("bart", "t5"):
+            session = ChatSession(RunModels(trained[name]))
+            expected = [session.reply([{"role": "user", "content": p}], max_new_tokens=12) for p in prompts]
+            assert [ask(name, p) for p in prompts] == expected
+            with ThreadPoolExecutor(len(prompts)) as pool:
+                assert list(pool.map(lambda p: ask(name, p), prompts)) == expected
+            text = client.completions.create(model=name, prompt=prompts[0], max_tokens=12, temperature=0).choices[0].text
+            assert text.strip() == expected[0]
+        first = ask("bart", prompts[0])
+        stream = client.chat.completions.create(model="bart", messages=[{"role": "user", "content": prompts[2]}],
+                                                temperature=0, max_tokens=12, stream=True)
+        assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == ask("bart", prompts[2])
+        sampled = client.chat.completions.create(model="bart", messages=[{"role": "user", "content": prompts[1]}],
+                                                 n=3, seed=5, temperature=1.0, max_tokens=8)
+        assert len(sampled.choices) == 3
+        with pytest.raises(BadRequestError, match="answers one prompt"):
+            client.chat.completions.create(model="bart", max_tokens=4, messages=[
+                {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}])
+        with pytest.raises(BadRequestError, match="echo: `bart` is an encoder-decoder"):
+            client.completions.create(model="bart", prompt="What is 1 plus 1?", max_tokens=2, echo=True)
+        assert ask("bart", prompts[0]) == first  # the server is still up
+    engine.stop()
+
+
+def test_the_adapter_export_loads_in_peft_and_gguf_onnx_are_refused(trained, tmp_path, capsys):
     from peft import AutoPeftModelForSeq2SeqLM
 
     out = tmp_path / "adapter"

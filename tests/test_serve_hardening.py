@@ -20,7 +20,7 @@ from tuneforge.inference.run_models import RunModels
 from tuneforge.recipe_file import validate_recipe
 from tuneforge.serve import engine as engine_module
 from tuneforge.serve.app import Limits
-from tuneforge.serve.engine import Job, Sampling
+from tuneforge.serve.jobs import Job, Sampling
 from tuneforge.serve.server import Background, build
 from tuneforge.train.run import train
 

@@ -16,7 +16,8 @@ from tuneforge.json_text import MAX_NESTING
 from tuneforge.serve.auth import RequireKey
 from tuneforge.serve.body import parse_body, read_body
 from tuneforge.serve.call import Call, chat_chunk, completion_chunk, sse
-from tuneforge.serve.engine import Engine, Sampling
+from tuneforge.serve.engine import Engine
+from tuneforge.serve.jobs import Sampling
 from tuneforge.serve.errors import APIError, install_handlers
 from tuneforge.serve.heads import HeadServer, image_input
 from tuneforge.serve.models import ModelPool
@@ -86,11 +87,15 @@ def create_app(pool: ModelPool, engine: Engine, store: Store, api_key: str | Non
     async def chat(request: Request):
         arrived, body, name, tokenizer = await read(request, ChatRequest)
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
-        try:
-            prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        except Exception as e:  # the template's own rules (role order, system support) raise TemplateError
-            raise APIError(400, f"messages: the model's chat template refused them ({e}).", "messages") from None
-        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        if name in pool.encoder_decoder:
+            prompt = _seq2seq_prompt(messages)
+            ids = tokenizer(prompt)["input_ids"]  # as training encoded it, with the tokenizer's special tokens
+        else:
+            try:
+                prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            except Exception as e:  # the template's own rules (role order, system support) raise TemplateError
+                raise APIError(400, f"messages: the model's chat template refused them ({e}).", "messages") from None
+            ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         max_tokens = _max_tokens(body.max_completion_tokens or body.max_tokens, [ids], pool, limits,
                                  "max_completion_tokens" if body.max_completion_tokens else "max_tokens", "messages")
         _rows(body.n, 1, limits)
@@ -110,11 +115,14 @@ def create_app(pool: ModelPool, engine: Engine, store: Store, api_key: str | Non
     @app.post("/v1/completions")
     async def completions(request: Request):
         arrived, body, name, tokenizer = await read(request, CompletionRequest)
-        prompts = _prompt_ids(body.prompt, tokenizer)
+        prompts = _prompt_ids(body.prompt, tokenizer, special_tokens=name in pool.encoder_decoder)
         max_tokens = _max_tokens(body.max_tokens, prompts, pool, limits, "max_tokens", "prompt")
         _rows(body.n, len(prompts), limits)
         if body.echo and body.stream:
             raise APIError(400, "echo is not supported with stream: true.", "echo")
+        if body.echo and name in pool.encoder_decoder:
+            raise APIError(400, f"echo: `{name}` is an encoder-decoder; its answer does not continue the prompt, so "
+                                "there are no prompt logprobs to echo. Leave echo false.", "echo")
         sampling = _sampling(body, max_tokens, logprobs=body.logprobs, echo=body.echo)
         texts = [tokenizer.decode(p) for p in prompts]
         call = new_call(request, "completions", "cmpl", name, arrived,
@@ -253,15 +261,27 @@ def _rows(n: int, prompts: int, limits: Limits) -> None:
                             "choices a request.", "n")
 
 
-def _prompt_ids(prompt, tokenizer) -> list[list[int]]:
-    """OpenAI's four prompt shapes: a string, strings, token ids, lists of token ids."""
+def _seq2seq_prompt(messages: list[dict]) -> str:
+    """What a seq2seq model's encoder reads for a chat request: the system text and the one prompt, a blank
+    line apart, as its training rows were (tasks/seq2seq.py); a conversation with answers in it is refused."""
+    if any(m["role"] == "assistant" for m in messages) or not any(m["role"] == "user" for m in messages):
+        raise APIError(400, "messages: this model is an encoder-decoder (a seq2seq run) and answers one prompt: "
+                            "send one user message (a system message may come first), without assistant turns.",
+                       "messages")
+    return "\n\n".join(m["content"] for m in messages)
+
+
+def _prompt_ids(prompt, tokenizer, special_tokens: bool = False) -> list[list[int]]:
+    """OpenAI's four prompt shapes: a string, strings, token ids, lists of token ids. A string is tokenised
+    with the tokenizer's special tokens for an encoder-decoder (its encoder was trained so)."""
     if isinstance(prompt, str):
         prompt = [prompt]
     if not prompt:
         raise APIError(400, "prompt: is empty.", "prompt")
     if isinstance(prompt[0], int):
         prompt = [prompt]
-    ids = [tokenizer(p, add_special_tokens=False)["input_ids"] if isinstance(p, str) else list(p) for p in prompt]
+    ids = [tokenizer(p, add_special_tokens=special_tokens)["input_ids"] if isinstance(p, str) else list(p)
+           for p in prompt]
     vocab = len(tokenizer)
     for p in ids:
         if not p:

@@ -8,7 +8,8 @@ import time
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 
-from tuneforge.serve.engine import Engine, Finished, Job, QueueFull, Sampling
+from tuneforge.serve.engine import Engine, QueueFull
+from tuneforge.serve.jobs import Finished, Job, Sampling
 from tuneforge.serve.errors import APIError
 from tuneforge.serve.store import Store
 

@@ -1,6 +1,7 @@
 """The models a server holds: each run's tuned model, with runs that share a base model served as
 adapters over one copy of it (and that base model served under its own name); classification and
-regression runs each behind their own batching worker (serve/heads.py)."""
+regression runs each behind their own batching worker (serve/heads.py); seq2seq runs' encoder-decoders
+beside the decoder-only models, decoded by the same engine (serve/encoder_decoder_batch.py)."""
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,7 @@ class ModelPool:
         self.tokenizers: dict[str, object] = {}
         self.eos_ids: dict[str, set[int]] = {}
         self.heads: dict[str, HeadServer] = {}  # classification / regression runs, by name
+        self.encoder_decoder: set[str] = set()  # served names of seq2seq models (serve/encoder_decoder_batch.py)
         runs = [open_run(p) for p in run_dirs]
         names = [p.name for p in runs]
         if len(set(names)) < len(names):
@@ -54,41 +56,44 @@ class ModelPool:
             if not get_method(recipe.method).servable:
                 raise UserError(f"{run_dir}: prompt-tuning runs are not served yet (their soft prompt does not "
                                 f"combine with a shared KV cache); try it with: tuneforge chat {run_dir}")
-            if get_task(recipe.task).encoder_decoder:
-                raise UserError(f"{run_dir}: {recipe.task} runs are not served yet (the server's engine batches "
-                                "decoder-only models over one KV cache); try it with tuneforge generate "
-                                f"{run_dir} --prompt ..., or export it: tuneforge export {run_dir} --format hf")
         for run_dir, recipe in recipes.items():
             if get_task(recipe.task).head:
                 self.heads[run_dir.name] = HeadServer(run_dir, self.precision)
         generative = {p: r for p, r in recipes.items() if p.name not in self.heads}
         for base in sorted({r.model.name for r in generative.values()}):
-            self._load_group(base, [p for p in generative if generative[p].model.name == base], generative)
+            group = [p for p in generative if generative[p].model.name == base]
+            self._load_group(base, group, generative, get_task(generative[group[0]].task))
         self.max_context = min((getattr(m.config, "max_position_embeddings", 1 << 30) for m in self._models.values()),
                                default=1 << 30)
 
-    def _load_group(self, base: str, runs: list[Path], recipes: dict) -> None:
+    def _load_group(self, base: str, runs: list[Path], recipes: dict, task) -> None:
+        """The runs over one base model (so of one task: a base model fits chat or seq2seq, not both)."""
+        def load(folder: Path):
+            if task.encoder_decoder:  # padded prompts, the model's own attention
+                return load_model(folder, torch.float32, self.device, model_class=task.model_class)
+            return load_model(folder, torch.float32, self.device, attn_implementation=attention.NAME)
+
         adapters = [p for p in runs if get_method(recipes[p].method).adapter]
         for run_dir in runs:
             if run_dir not in adapters:
-                model = load_model(run_dir / "model", torch.float32, self.device, attn_implementation=attention.NAME)
-                self._add(run_dir.name, run_dir, base, recipes[run_dir].method, model, None, run_dir / "model")
+                self._add(run_dir.name, run_dir, base, recipes[run_dir].method, load(run_dir / "model"), None,
+                          run_dir / "model", task)
         if not adapters:
             return
         from peft import PeftModel
 
-        shared = load_model(resolve_model(base), torch.float32, self.device, attn_implementation=attention.NAME)
+        shared = load(resolve_model(base))
         model = PeftModel.from_pretrained(shared, adapters[0] / "model", adapter_name=adapters[0].name)
         for run_dir in adapters[1:]:
             model.load_adapter(run_dir / "model", adapter_name=run_dir.name)
         for run_dir in adapters:
-            self._add(run_dir.name, run_dir, base, recipes[run_dir].method, model, run_dir.name, run_dir / "model")
+            self._add(run_dir.name, run_dir, base, recipes[run_dir].method, model, run_dir.name, run_dir / "model", task)
         label = Path(base).name if Path(base).is_absolute() else base  # a local folder is named by its name
         if label not in self.served:
-            self._add(label, None, base, "base", model, None, resolve_model(base))
+            self._add(label, None, base, "base", model, None, resolve_model(base), task)
 
     def _add(self, name: str, run_dir: Path | None, base: str, method: str, model, adapter: str | None,
-             tokenizer_dir: Path) -> None:
+             tokenizer_dir: Path, task) -> None:
         if not any(m is model for m in self._models.values()):
             for_inference(model, self.precision)
         tokenizer = load_tokenizer(tokenizer_dir)
@@ -98,6 +103,8 @@ class ModelPool:
         created = int((run_dir / "model").stat().st_mtime) if run_dir else 0
         self.served[name] = Served(name, run_dir, base, method, created)
         self._models[name], self._adapter[name] = model, adapter
+        if task.encoder_decoder:
+            self.encoder_decoder.add(name)
 
     def activate(self, name: str):
         """The module to call for `name`, with that run's adapter switched on (or all adapters off)."""
