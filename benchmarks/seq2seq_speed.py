@@ -5,10 +5,12 @@ same model, data, order, batch and steps.
     .venv/bin/python benchmarks/seq2seq_speed.py --steps 10 --repeats 3
 
 No pre-trained seq2seq model installs offline, so the model is Flan-T5-small's architecture (T5 v1.1:
-gated GELU, 8 + 8 blocks, d_model 512, untied head; 60 M parameters with this vocabulary) randomly
-initialised with a fixed seed, and its tokenizer a T5-layout Unigram tokenizer (8,000 pieces) trained on
-the data. Speed per step depends on the shapes, not on the weights' values. The data is the chat demo's
-pydocs set (questions about the Python standard library, answered by its docstrings) as prompt /
+gated GELU, 8 + 8 blocks, d_model 512, no output scaling; transformers 5 ties every T5's head to its
+embeddings: 48 M parameters with this vocabulary) randomly
+initialised with a fixed seed at 0.05 of T5's initial scale (so its first logits are of a pre-trained
+model's size, not a loss near 50), and its tokenizer a T5-layout Unigram tokenizer (8,000 pieces) trained
+on the data. Speed per step depends on the shapes, not on the weights' values. The data is the chat
+demo's pydocs set (questions about the Python standard library, answered by its docstrings) as prompt /
 answer pairs, prepared by tuneforge, so both trainers get the same rows in the same order. Each
 configuration runs in a fresh process, configurations alternating per round:
   tuneforge       `tuneforge train`'s code path (plan_training, load_trainee, train_step), defaults
@@ -93,7 +95,9 @@ def build_model(folder: Path) -> Path:
     vocab = [tuple(piece) for piece in json.loads(unigram.to_str())["model"]["vocab"]]
     tokenizer = T5Tokenizer(vocab=vocab, extra_ids=0)
     config = T5Config(vocab_size=len(tokenizer), d_model=512, d_kv=64, d_ff=1024, num_layers=8, num_heads=6,
-                      feed_forward_proj="gated-gelu", tie_word_embeddings=False, dropout_rate=0.1,
+                      feed_forward_proj="gated-gelu", dropout_rate=0.1,
+                      tie_word_embeddings=False,  # T5 v1.1's unscaled decoder outputs (transformers 5 ties anyway)
+                      initializer_factor=0.05,  # logits of a sane size at the start, as a pre-trained model's
                       decoder_start_token_id=tokenizer.pad_token_id, pad_token_id=tokenizer.pad_token_id,
                       eos_token_id=tokenizer.eos_token_id)
     torch.manual_seed(0)

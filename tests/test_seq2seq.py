@@ -230,6 +230,10 @@ def test_the_server_answers_as_generate_does_batched_streamed_and_refuses_what_d
         sampled = client.chat.completions.create(model="bart", messages=[{"role": "user", "content": prompts[1]}],
                                                  n=3, seed=5, temperature=1.0, max_tokens=8)
         assert len(sampled.choices) == 3
+        scored = client.chat.completions.create(model="t5", messages=[{"role": "user", "content": prompts[0]}],
+                                                temperature=0, max_tokens=6, logprobs=True, top_logprobs=2)
+        tokens = scored.choices[0].logprobs.content
+        assert tokens and all(t.logprob <= 0 and len(t.top_logprobs) == 2 for t in tokens)
         with pytest.raises(BadRequestError, match="answers one prompt"):
             client.chat.completions.create(model="bart", max_tokens=4, messages=[
                 {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}])
@@ -249,7 +253,7 @@ def test_the_adapter_export_loads_in_peft_and_gguf_onnx_are_refused(trained, tmp
     capsys.readouterr()
     for fmt in ("gguf", "onnx"):
         assert main(["export", str(trained["t5"]), "--format", fmt, "--out", str(tmp_path / fmt)]) == 2
-        assert "a seq2seq run exports with --format hf, adapter." in capsys.readouterr().err
+        assert "a lora seq2seq run exports with --format hf, adapter." in capsys.readouterr().err
         assert not (tmp_path / fmt).exists()
 
 

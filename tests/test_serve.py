@@ -116,11 +116,11 @@ def test_prefill_padded_to_few_shapes_answers_the_same(server, runs, monkeypatch
     """On CPUs in bf16 prompts are left-padded to bucket_length (few matmul shapes, or memory grows with
     every new prompt length): forced here in fp32, with 7 extra pad tokens, greedy answers, batched and
     alone, and echoed prompt logprobs equal the unpadded server's."""
-    from tuneforge.serve import engine as engine_module
+    from tuneforge.serve import batch as batch_module
 
     widths = []
-    monkeypatch.setattr(engine_module, "shapes_cached_now", lambda model, device: True)
-    monkeypatch.setattr(engine_module, "bucket_length", lambda n: widths.append(n) or n + 7)
+    monkeypatch.setattr(batch_module, "shapes_cached_now", lambda model, device: True)
+    monkeypatch.setattr(batch_module, "bucket_length", lambda n: widths.append(n) or n + 7)
     app, engine, _ = build([runs["full"]], runs["tmp"] / "bucketed.sqlite", precision="fp32")
     with Background(app) as padded:
         client = OpenAI(base_url=padded.url + "/v1", api_key="unused", max_retries=0)

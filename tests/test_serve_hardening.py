@@ -21,6 +21,7 @@ from tuneforge.recipe_file import validate_recipe
 from tuneforge.serve import engine as engine_module
 from tuneforge.serve.app import Limits
 from tuneforge.serve.jobs import Job, Sampling
+from tuneforge.serve.rows import Row
 from tuneforge.serve.server import Background, build
 from tuneforge.train.run import train
 
@@ -346,7 +347,7 @@ def test_sampler_adjustments_equal_the_formula():
     logits = torch.randn(50, generator=torch.Generator().manual_seed(0))
     job = Job("m", [[1]], Sampling(9, frequency_penalty=0.7, presence_penalty=0.3, logit_bias={3: 5.0, 7: -2.0}),
               lambda e: None)
-    row = engine_module.Row(job, 0, [1], tokenizer=None)
+    row = Row(job, 0, [1], tokenizer=None)
     row.ids = [3, 3, 9, 3, 11]
     expected = logits.clone()
     expected[3] += 5.0
@@ -354,7 +355,7 @@ def test_sampler_adjustments_equal_the_formula():
     for token, count in {3: 3, 9: 1, 11: 1}.items():
         expected[token] -= 0.7 * count + 0.3
     torch.testing.assert_close(row.adjusted(logits), expected)
-    assert torch.equal(engine_module.Row(Job("m", [[1]], Sampling(9), lambda e: None), 0, [1], None).adjusted(logits),
+    assert torch.equal(Row(Job("m", [[1]], Sampling(9), lambda e: None), 0, [1], None).adjusted(logits),
                        logits)
 
 

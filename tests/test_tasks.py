@@ -23,8 +23,8 @@ def _documents(n: int) -> list[dict]:
 
 
 def test_the_recipe_accepts_exactly_the_registered_tasks_and_chat_is_the_default():
-    assert get_args(Task) == tuple(TASKS) == ("chat", "causal_lm", "classification", "regression",
-                                              "image_classification")
+    assert get_args(Task) == tuple(TASKS) == ("chat", "causal_lm", "seq2seq", "classification",
+                                              "regression", "image_classification")
     assert Recipe().task == "chat"
     with pytest.raises(UserError, match="task"):
         validate_recipe({"task": "chatt"})

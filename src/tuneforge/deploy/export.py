@@ -45,15 +45,14 @@ def export_run(run_dir: Path, fmt: str, out: Path | None = None, quant: str = "f
     method = get_method(recipe.method)
     adapter = method.adapter
     task = get_task(recipe.task)
-    fits = [f for f in FORMATS if f != "onnx" or task.head]
-    if task.head or task.encoder_decoder:
-        fits.remove("gguf")
-    if fmt not in fits:
-        raise UserError(f"{run_dir}: --format {fmt} is for {FOR[fmt]}; a {recipe.task} run exports with --format "
-                        f"{', '.join(fits)}.")
+    fits = [f for f in FORMATS if (f != "onnx" or task.head) and (f != "adapter" or adapter)
+            and (f != "gguf" or not (task.head or task.encoder_decoder))]
     if fmt == "adapter" and not adapter:
         raise UserError(f"{run_dir}: a {recipe.method} run changed the model's own weights, so it has no adapter; "
-                        "export it with --format hf or --format gguf.")
+                        f"export it with --format {' or '.join(fits)}.")
+    if fmt not in fits:
+        raise UserError(f"{run_dir}: --format {fmt} is for {FOR[fmt]}; a {recipe.method} {recipe.task} run exports with "
+                        f"--format {', '.join(fits)}.")
     if fmt != "adapter" and not method.mergeable:
         raise UserError(f"{run_dir}: a prompt-tuning run's soft prompt cannot be merged into the weights; "
                         "export it with --format adapter (PEFT loads it).")

@@ -173,8 +173,11 @@ def derive_defaults(recipe: Recipe, task, tokenizer, prepared: Path, splits: dic
                                            for name in ("test", "val", "train")) if rows), [])
         if answered:
             answers = [task.reference(e) for e in answered]
-            ids = tokenizer(answers, add_special_tokens=False)["input_ids"]
-            derived.append(defaults.max_new_tokens([len(x) + 1 for x in ids]))  # + the end-of-turn token
+            if task.encoder_decoder:  # the decoder's labels, with the tokenizer's own special tokens
+                lengths = [len(x) for x in tokenizer(text_target=answers)["input_ids"]]
+            else:  # + the end-of-turn token
+                lengths = [len(x) + 1 for x in tokenizer(answers, add_special_tokens=False)["input_ids"]]
+            derived.append(defaults.max_new_tokens(lengths))
             recipe.eval.max_new_tokens = derived[-1].value
     return derived
 
