@@ -97,7 +97,7 @@ def run_trainer(job: dict) -> dict:
 
     setup = benchmark_setup({**job, "overrides": []}, "fp32")
     encoded = setup.data.encoded["train"]
-    order = [i for step in step_indices(job) for i in step]  # the same rows in the same order as ours
+    order = [i for step in step_indices(job, len(encoded)) for i in step]  # the rows and order ours trains on
     rows = [{"input_ids": encoded[i].input_ids, "token_type_ids": encoded[i].token_type_ids,
              "labels": encoded[i].target} for i in order]
     names = setup.data.classes.names

@@ -132,7 +132,7 @@ def run_trainer(job: dict) -> dict:
 
     setup = benchmark_setup(job, "fp32")
     encoded = setup.data.encoded["train"]
-    order = [i for step in step_indices(job) for i in step]  # the same rows in the same order as ours
+    order = [i for step in step_indices(job, len(encoded)) for i in step]  # the rows and order ours trains on
     rows = [{"input_ids": encoded[i].input_ids, "labels": encoded[i].labels} for i in order]
     torch.manual_seed(setup.recipe.seed)
     model = AutoModelForSeq2SeqLM.from_pretrained(MODEL, dtype=torch.float32)

@@ -18,9 +18,14 @@ def spawn(script: str, job: dict) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def step_indices(job: dict) -> list[list[int]]:
-    """The training rows of each step, in order: the same for both trainers."""
-    return [list(range(s * job["batch"], (s + 1) * job["batch"])) for s in range(job["warmup"] + job["steps"])]
+def step_indices(job: dict, n_train: int) -> list[list[int]]:
+    """The training rows of each step: a seeded shuffle, the same for both trainers (the split files are
+    in source order, grouped by label or module, which in order would make every batch one class)."""
+    import random
+
+    needed = (job["warmup"] + job["steps"]) * job["batch"]
+    order = [i for _ in range(-(-needed // n_train)) for i in random.Random(0).sample(range(n_train), n_train)]
+    return [order[s * job["batch"]:(s + 1) * job["batch"]] for s in range(job["warmup"] + job["steps"])]
 
 
 def run_ours(job: dict, setup) -> dict:
@@ -30,7 +35,7 @@ def run_ours(job: dict, setup) -> dict:
 
     t = load_trainee(setup)
     encoded, times = setup.data.encoded["train"], []
-    for indices in step_indices(job):
+    for indices in step_indices(job, len(encoded)):
         train_step(t, encoded, indices, setup.plan, setup.recipe)
         times.append(time.perf_counter())
     return finish(job, t.model, t.pad_id, times, setup, t.precision)

@@ -44,7 +44,7 @@ def bucket_length(n: int) -> int:
 
     For CPUs in bf16 (runtime/hardware.py, matmul_shapes_cached): oneDNN keeps a compiled kernel and its
     buffers for every matmul shape it meets, so micro-batches of ever-new token counts made resident
-    memory grow all run long (docs/performance.md); a run's lengths now fall on few shapes.
+    memory grow all run long (docs/performance-training.md); a run's lengths now fall on few shapes.
     """
     step = max(1, (1 << (n.bit_length() - 1)) // LENGTHS_PER_DOUBLING)
     return -(-n // step) * step

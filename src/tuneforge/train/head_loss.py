@@ -3,14 +3,14 @@
 Plain autograd keeps the [tokens, vocab] logits alive until backward, several times over (the head's
 output, its fp32 copy, log-softmax, and the gradient of each). Measured peak for 2,048 loss tokens in
 bf16 autocast: +1.2 GB with SmolLM2's 49,152-token vocabulary, +3.7 GB with Qwen2.5's 151,936; this way
-+0.23 and +0.30 GB (docs/performance.md, training speed). Here the loss is a sum over tokens, so each chunk's
++0.23 and +0.30 GB (docs/performance-training.md). Here the loss is a sum over tokens, so each chunk's
 gradient (softmax minus the smoothed one-hot target) is final as soon as its logits exist: forward
 computes it, multiplies it into the gradients for the hidden states and the head's weights, and frees
 the chunk. Only those gradients are kept for backward, which scales them by the incoming gradient. The
 products are the ones autograd would do (logits in the compute dtype, softmax in fp32), so results equal
 the unchunked loss to rounding. The same technique as Liger-Kernel's fused linear cross-entropy, written
 here in PyTorch because Liger's is Triton (GPU only). Training steps are as fast as with the full logits
-(docs/performance.md: in-process A/B, LoRA and full fine-tuning).
+(docs/performance-training.md: in-process A/B, LoRA and full fine-tuning).
 """
 
 import torch
