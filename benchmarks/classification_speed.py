@@ -22,11 +22,11 @@ trained model on the same 128 validation rows (the same function for both). Writ
 benchmarks/results/classification_speed.{json,md}.
 """
 
-import argparse
 import tempfile
 from pathlib import Path
 
 from versus_trainer import (
+    arguments,
     clock,
     finish,
     main_loop,
@@ -34,37 +34,23 @@ from versus_trainer import (
     run_ours,
     step_indices,
     table,
+    work,
     write_results,
 )
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "pydocs-modules-classification.yaml"
-CONFIGS = {"tuneforge": ("tuneforge", "auto"), "tuneforge fp32": ("tuneforge", "fp32"),
-           "trainer": ("trainer", True), "trainer fp32": ("trainer", False)}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", default=",".join(CONFIGS), help=f"a subset of: {', '.join(CONFIGS)}")
-    parser.add_argument("--steps", type=int, default=30, help="timed optimizer steps (default 30)")
-    parser.add_argument("--warmup", type=int, default=3, help="steps run first and not timed (default 3)")
-    parser.add_argument("--batch", type=int, default=16, help="examples per optimizer step (default 16)")
-    parser.add_argument("--max-length", type=int, default=128, help="tokens per example at most (default 128)")
-    parser.add_argument("--repeats", type=int, default=1, help="rounds over the configurations; medians reported")
+    parser = arguments(__doc__, 30, "tokens per example at most")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="a recipe key for the tuneforge runs (for instance train.micro_batch_size=16)")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        import json
-
-        job = json.loads(args.worker)
-        if job["trainer"] == "tuneforge":
-            print(json.dumps(run_ours(job, benchmark_setup(job, job["option"]))))
-        else:
-            print(json.dumps(run_trainer(job)))
+        work(args.worker, lambda job: run_ours(job, benchmark_setup(job, job["option"])), run_trainer)
         return
-    runs = main_loop(__file__, CONFIGS, args, {"overrides": args.overrides})
+    runs = main_loop(__file__, args, {"overrides": args.overrides})
     title = (f"all-MiniLM-L6-v2, full fine-tuning, pydocs-modules, batch {args.batch}, max length {args.max_length}, "
              f"{args.steps} timed steps after {args.warmup}, medians of {args.repeats}")
     write_results(RESULTS, "classification_speed", args, runs, table(medians(runs), title, "Trainer"))

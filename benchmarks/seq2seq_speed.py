@@ -27,12 +27,12 @@ trained model on the same 128 validation pairs (the same function for both). Wri
 benchmarks/results/seq2seq_speed.{json,md}.
 """
 
-import argparse
 import json
 import tempfile
 from pathlib import Path
 
 from versus_trainer import (
+    arguments,
     clock,
     finish,
     main_loop,
@@ -40,37 +40,25 @@ from versus_trainer import (
     run_ours,
     step_indices,
     table,
+    work,
     write_results,
 )
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODEL = Path(tempfile.gettempdir()) / "tuneforge-bench-flan-t5-small-random"
-CONFIGS = {"tuneforge": ("tuneforge", "auto"), "tuneforge fp32": ("tuneforge", "fp32"),
-           "trainer": ("trainer", True), "trainer fp32": ("trainer", False)}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", default=",".join(CONFIGS), help=f"a subset of: {', '.join(CONFIGS)}")
-    parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps (default 20)")
-    parser.add_argument("--warmup", type=int, default=3, help="steps run first and not timed (default 3)")
-    parser.add_argument("--batch", type=int, default=16, help="examples per optimizer step (default 16)")
-    parser.add_argument("--max-length", type=int, default=128, help="tokens per side at most (default 128)")
-    parser.add_argument("--repeats", type=int, default=1, help="rounds over the configurations; medians reported")
+    parser = arguments(__doc__, 20, "tokens per side at most")
     parser.add_argument("--model-only", action="store_true", help="build the random model folder, print its path")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        job = json.loads(args.worker)
-        if job["trainer"] == "tuneforge":
-            print(json.dumps(run_ours(job, benchmark_setup(job, job["option"]))))
-        else:
-            print(json.dumps(run_trainer(job)))
+        work(args.worker, lambda job: run_ours(job, benchmark_setup(job, job["option"])), run_trainer)
         return
     print(f"Model: {build_model(MODEL)}")
     if args.model_only:
         return
-    runs = main_loop(__file__, CONFIGS, args, {})
+    runs = main_loop(__file__, args, {})
     title = (f"Flan-T5-small architecture (random init), full fine-tuning, pydocs pairs, batch {args.batch}, max "
              f"length {args.max_length} per side, {args.steps} timed steps after {args.warmup}, medians of "
              f"{args.repeats}")

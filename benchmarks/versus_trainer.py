@@ -2,12 +2,35 @@
 Trainer, each configuration in a fresh process, timed the same way and scored on the same validation
 rows with the same function."""
 
+import argparse
 import json
 import resource
 import statistics
 import subprocess
 import sys
 import time
+
+CONFIGS = {"tuneforge": ("tuneforge", "auto"), "tuneforge fp32": ("tuneforge", "fp32"),
+           "trainer": ("trainer", True), "trainer fp32": ("trainer", False)}
+
+
+def arguments(doc: str, steps: int, length_help: str) -> argparse.ArgumentParser:
+    """The options both benchmarks take (each adds its own)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", default=",".join(CONFIGS), help=f"a subset of: {', '.join(CONFIGS)}")
+    parser.add_argument("--steps", type=int, default=steps, help=f"timed optimizer steps (default {steps})")
+    parser.add_argument("--warmup", type=int, default=3, help="steps run first and not timed (default 3)")
+    parser.add_argument("--batch", type=int, default=16, help="examples per optimizer step (default 16)")
+    parser.add_argument("--max-length", type=int, default=128, help=f"{length_help} (default 128)")
+    parser.add_argument("--repeats", type=int, default=1, help="rounds over the configurations; medians reported")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    return parser
+
+
+def work(job_text: str, ours, theirs) -> None:
+    """A worker process: run one configuration, print its result as JSON."""
+    job = json.loads(job_text)
+    print(json.dumps(ours(job) if job["trainer"] == "tuneforge" else theirs(job)))
 
 
 def spawn(script: str, job: dict) -> dict:
@@ -91,12 +114,12 @@ def table(rows: list[dict], title: str, anchor: str) -> str:
     return "\n".join(lines)
 
 
-def main_loop(script: str, configs: dict, args, job_keys: dict) -> list[dict]:
+def main_loop(script: str, args, job_keys: dict) -> list[dict]:
     """Every configuration once per round, each in a fresh process; returns the runs."""
     runs = []
     for round_ in range(args.repeats):
         for name in args.configs.split(","):
-            trainer, option = configs[name]
+            trainer, option = CONFIGS[name]
             job = {"name": name, "trainer": trainer, "option": option, "steps": args.steps, "warmup": args.warmup,
                    "batch": args.batch, "max_length": args.max_length, **job_keys}
             result = spawn(script, job)
