@@ -10,6 +10,7 @@ from tuneforge.inference.kv_cache import growing_cache
 from tuneforge.inference.run_models import RunModels
 from tuneforge.models.chat_template import render_prompt
 from tuneforge.tasks import get_task
+from tuneforge.tasks.seq2seq import prompt_text
 
 
 class ChatSession:
@@ -26,7 +27,7 @@ class ChatSession:
     @torch.no_grad()
     def reply(self, messages: list[dict], max_new_tokens: int, stream: bool = False) -> str:
         if self.one_turn:  # the prompt as training's encoder read it: system text, then the prompt
-            prompt = "\n\n".join(m["content"] for m in messages if m["role"] != "assistant")
+            prompt = prompt_text(messages)
         else:
             prompt = render_prompt(self.tokenizer, messages)
         config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False,

@@ -17,9 +17,9 @@ from tuneforge.serve.auth import RequireKey
 from tuneforge.serve.body import parse_body, read_body
 from tuneforge.serve.call import Call, chat_chunk, completion_chunk, sse
 from tuneforge.serve.engine import Engine
-from tuneforge.serve.jobs import Sampling
 from tuneforge.serve.errors import APIError, install_handlers
 from tuneforge.serve.heads import HeadServer, image_input
+from tuneforge.serve.jobs import Sampling
 from tuneforge.serve.models import ModelPool
 from tuneforge.serve.schemas import (
     ChatRequest,
@@ -29,6 +29,7 @@ from tuneforge.serve.schemas import (
     FeedbackRequest,
 )
 from tuneforge.serve.store import Store
+from tuneforge.tasks.seq2seq import prompt_text
 
 
 @dataclass
@@ -268,7 +269,7 @@ def _seq2seq_prompt(messages: list[dict]) -> str:
         raise APIError(400, "messages: this model is an encoder-decoder (a seq2seq run) and answers one prompt: "
                             "send one user message (a system message may come first), without assistant turns.",
                        "messages")
-    return "\n\n".join(m["content"] for m in messages)
+    return prompt_text(messages)
 
 
 def _prompt_ids(prompt, tokenizer, special_tokens: bool = False) -> list[list[int]]:

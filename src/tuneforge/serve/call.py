@@ -9,8 +9,8 @@ from fastapi import Request
 from fastapi.responses import StreamingResponse
 
 from tuneforge.serve.engine import Engine, QueueFull
-from tuneforge.serve.jobs import Finished, Job, Sampling
 from tuneforge.serve.errors import APIError
+from tuneforge.serve.jobs import Finished, Job, Sampling
 from tuneforge.serve.store import Store
 
 

@@ -62,8 +62,7 @@ class Seq2Seq(Task):
                 "instance `columns: {prompt: YOUR_INPUT, completion: YOUR_OUTPUT}`, or use task: causal_lm for text.")
 
     def source(self, example: dict) -> str:
-        """What the encoder reads: the system text (if any) and the prompt, a blank line apart."""
-        return "\n\n".join(m["content"] for m in example["messages"][:-1])
+        return prompt_text(example["messages"])
 
     def reference(self, example: dict) -> str:
         return example["messages"][-1]["content"]
@@ -86,6 +85,12 @@ class Seq2Seq(Task):
 
     def loss_model(self, model, recipe, train: list, inputs=None):
         return seq2seq_loss_model(model, recipe.train.label_smoothing)
+
+
+def prompt_text(messages: list[dict]) -> str:
+    """What the encoder reads for a conversation: the system text (if any) and the prompt, a blank line
+    apart, any answer left out (training, generate and the server read prompts the same way)."""
+    return "\n\n".join(m["content"] for m in messages if m["role"] != "assistant")
 
 
 def collate_pairs(rows: list[Pair], pad_id: int, bucket: bool = False) -> dict:
