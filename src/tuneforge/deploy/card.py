@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 from tuneforge.models.catalog import CATALOG
+from tuneforge.models.loader import pooled_head
 from tuneforge.recipe import Recipe
 from tuneforge.runs.table import run_summary
 from tuneforge.tasks import TASKS
@@ -31,7 +32,7 @@ vLLM serves it as a LoRA module: `vllm serve {base} --enable-lora --lora-modules
     "hf_head": """```python
 from transformers import pipeline
 
-classifier = pipeline("text-classification", model="{path}")
+{remote}classifier = pipeline("text-classification", model="{path}"{trust})
 print(classifier("the text to classify", top_k=None))  # every label with its score
 ```""",
     "onnx_head": """```python
@@ -115,11 +116,19 @@ def model_card(run_dir: Path, recipe: Recipe, fmt: str, out: Path, extra: dict |
              f"{base} fine-tuned with tuneforge ({recipe.method}, {summary['steps']} steps) on "
              f"{_data_line(run_dir)}. Exported as `{fmt}` from the run folder `{run_dir}`.", "",
              "## Use", "", USAGE[_usage(recipe, fmt)].format(
-                 path=out, base=base, **(extra or {})), ""]
+                 path=out, base=base, **_remote_code(recipe), **(extra or {})), ""]
     lines += _metrics_section(run_dir, summary)
     lines += ["## Data", "", *_manifest_lines(run_dir), "",
               "## Recipe", "", "```yaml", (run_dir / "recipe.yaml").read_text().rstrip(), "```", ""]
     return "\n".join(lines)
+
+
+def _remote_code(recipe: Recipe) -> dict:
+    """A pooled text head's folder carries its model's code (pooled_encoder.py): the snippet says so."""
+    if pooled_head(recipe):
+        return {"remote": f"# trust_remote_code: the folder carries its model's code (pooled_encoder.py: "
+                          f"head.pooling {recipe.head.pooling})\n", "trust": ", trust_remote_code=True"}
+    return {"remote": "", "trust": ""}
 
 
 def _data_line(run_dir: Path) -> str:

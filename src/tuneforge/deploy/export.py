@@ -18,6 +18,7 @@ from tuneforge.deploy.card import model_card
 from tuneforge.errors import UserError
 from tuneforge.methods import get_method
 from tuneforge.models.catalog import CATALOG
+from tuneforge.models.loader import pooled_head
 from tuneforge.recipe_file import load_recipe
 from tuneforge.run_folder import open_run
 from tuneforge.tasks import get_task
@@ -45,8 +46,13 @@ def export_run(run_dir: Path, fmt: str, out: Path | None = None, quant: str = "f
     method = get_method(recipe.method)
     adapter = method.adapter
     task = get_task(recipe.task)
-    fits = [f for f in FORMATS if (f != "onnx" or task.head) and (f != "adapter" or adapter)
+    pooled = pooled_head(recipe)
+    fits = [f for f in FORMATS if (f != "onnx" or task.head) and (f != "adapter" or (adapter and not pooled))
             and (f != "gguf" or not (task.head or task.encoder_decoder))]
+    if fmt == "adapter" and pooled:
+        raise UserError(f"{run_dir}: its head pools the token states (head.pooling: {recipe.head.pooling}) in a model "
+                        "class of tuneforge's own, which PEFT's AutoPeft classes cannot rebuild from an adapter; "
+                        "export it with --format hf (the adapter merged, the class's code in the folder).")
     if fmt == "adapter" and not adapter:
         raise UserError(f"{run_dir}: a {recipe.method} run changed the model's own weights, so it has no adapter; "
                         f"export it with --format {' or '.join(fits)}.")

@@ -12,7 +12,7 @@ import torch
 
 from tuneforge.methods import get_method
 from tuneforge.methods.model_parts import final_linear
-from tuneforge.models.loader import load_inputs, resolve_model
+from tuneforge.models.loader import head_config, load_inputs, load_with_head, resolve_model, resolve_pooling
 from tuneforge.recipe_file import load_recipe
 from tuneforge.run_folder import finished_model, open_run
 from tuneforge.runtime.hardware import autocast, choose_precision, detect_device
@@ -41,8 +41,10 @@ class HeadModel:
             from peft import PeftModel
 
             config = transformers.AutoConfig.from_pretrained(self.base_dir)
+            if not self.task.images:
+                config = head_config(config, resolve_pooling(self.base_dir, self.recipe.head.pooling)[0])
             self.classes.configure(config, getattr(self.tokenizer, "pad_token_id", None))
-            base = auto.from_pretrained(self.base_dir, config=config, dtype=torch.float32, ignore_mismatched_sizes=True)
+            base = load_with_head(self.base_dir, config, self.task.model_class, dtype=torch.float32)
             self.model = PeftModel.from_pretrained(base, model_dir)
         else:
             self.model = auto.from_pretrained(model_dir, dtype=torch.float32)

@@ -1,14 +1,21 @@
 """One loader for every model reference: catalogue name, local folder or Hugging Face hub id."""
 
+import json
 from pathlib import Path
 
 import torch
 
 from tuneforge.errors import UserError
-from tuneforge.models.bundled import bundled_folder
 from tuneforge.models import efficientnet_lite  # noqa: F401  (registers it with transformers' auto classes)
+from tuneforge.models.bundled import bundled_folder
 from tuneforge.models.catalog import CATALOG
 from tuneforge.models.chat_template import ensure_chat_template
+from tuneforge.models.pooled_encoder import (
+    POOLINGS,
+    PooledEncoderConfig,
+    PooledEncoderForSequenceClassification,
+)
+from tuneforge.tasks import TASKS
 
 # Files needed to fine-tune and serve a causal LM; skips other frameworks' weights in hub repos.
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
@@ -105,3 +112,54 @@ def load_model(folder: Path, dtype: torch.dtype = torch.float32, device: str = "
     auto = getattr(transformers, model_class)
     model = auto.from_pretrained(folder, dtype=dtype, attn_implementation=attn_implementation)
     return model.to(device)
+
+
+# sentence-transformers' Pooling config keys -> head.pooling
+_SENTENCE_POOLING = {"pooling_mode_mean_tokens": "mean", "pooling_mode_max_tokens": "max",
+                     "pooling_mode_cls_token": "cls", "pooling_mode_lasttoken": "last"}
+
+
+def resolve_pooling(folder: Path, pooling: str) -> tuple[str, str]:
+    """head.pooling with auto resolved for the model in `folder`: (pooling, why)."""
+    if pooling != "auto":
+        return pooling, "set in the recipe"
+    modules = Path(folder) / "modules.json"
+    if not modules.is_file():
+        return "model", "the model's own classification head (its folder has no sentence-transformers pooling config)"
+    entry = next((m for m in json.loads(modules.read_text()) if m.get("type", "").endswith(".Pooling")), None)
+    config_path = Path(folder) / entry["path"] / "config.json" if entry else None
+    if config_path is None or not config_path.is_file():
+        return "model", "the model's own classification head (its modules.json names no Pooling config)"
+    modes = [mode for key, mode in _SENTENCE_POOLING.items() if json.loads(config_path.read_text()).get(key)]
+    if len(modes) != 1:
+        return "model", (f"the model's own classification head ({config_path.relative_to(folder)} combines "
+                         f"{' + '.join(modes) or 'no mode tuneforge pools by'})")
+    return modes[0], f"{config_path.relative_to(folder)}: the model's sentence embeddings are the {modes[0]} of its tokens"
+
+
+def pooled_head(recipe) -> bool:
+    """Whether a resolved recipe's head is models/pooled_encoder.py's (its folder carries that code)."""
+    return TASKS[recipe.task].head and recipe.head.pooling not in ("auto", "model")
+
+
+def head_config(config, pooling: str):
+    """A text head's config: the model's own (pooling model) or a PooledEncoderConfig around it."""
+    if pooling == "model":
+        return config
+    if pooling not in POOLINGS:
+        raise UserError(f"head.pooling: {pooling!r} is not one of model, {', '.join(POOLINGS)}.")
+    dropout = getattr(config, "classifier_dropout", None)
+    dropout = getattr(config, "hidden_dropout_prob", 0.0) if dropout is None else dropout
+    return PooledEncoderConfig(backbone=config, pooling=pooling, classifier_dropout=dropout)
+
+
+def load_with_head(folder: Path, config, model_class: str, **kwargs):
+    """A pre-trained model under the task's new head (`config` says its classes): transformers' own head
+    class, or the backbone under a pooled head (a PooledEncoderConfig)."""
+    import transformers
+
+    if isinstance(config, PooledEncoderConfig):
+        return PooledEncoderForSequenceClassification.from_backbone(folder, config, **kwargs)
+    # a checkpoint's own head (ImageNet's 1,000 classes) gives way to the task's new one
+    return getattr(transformers, model_class).from_pretrained(folder, config=config, ignore_mismatched_sizes=True,
+                                                              **kwargs)

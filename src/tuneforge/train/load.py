@@ -9,6 +9,7 @@ import torch
 
 from tuneforge.errors import UserError
 from tuneforge.methods import apply_method, get_method
+from tuneforge.models.loader import head_config, load_with_head, resolve_pooling
 from tuneforge.recipe import Recipe
 from tuneforge.runtime import attention as packed_attention
 from tuneforge.runtime.hardware import DTYPES, image_fast_path
@@ -23,12 +24,13 @@ def load_for_method(model_dir: Path, recipe: Recipe, device: str, precision: str
 
     method, task = get_method(recipe.method), get_task(recipe.task)
     config = task_config(model_dir, recipe, classes, pad_id)
-    kwargs = {"config": config, "dtype": torch.float32, **method.load_options(device)}
-    if task.head:  # a checkpoint's own head (ImageNet's 1,000 classes) gives way to the task's new one
-        kwargs["ignore_mismatched_sizes"] = True
+    kwargs = {"dtype": torch.float32, **method.load_options(device)}
     if recipe.train.packing:
         kwargs["attn_implementation"] = packed_attention.NAME
-    model = getattr(transformers, task.model_class).from_pretrained(model_dir, **kwargs)
+    if task.head:
+        model = load_with_head(model_dir, config, task.model_class, **kwargs)
+    else:
+        model = getattr(transformers, task.model_class).from_pretrained(model_dir, config=config, **kwargs)
     if "device_map" not in kwargs:
         model = model.to(device)
     if task.images and image_fast_path(recipe.train.precision, device, recipe.data.image.size)[1]:
@@ -40,12 +42,15 @@ def load_for_method(model_dir: Path, recipe: Recipe, device: str, precision: str
 
 
 def task_config(model_dir: Path, recipe: Recipe, classes=None, pad_id: int | None = None):
-    """The model's config with the recipe's dropout and the task's head (its classes) set."""
+    """The model's config with the recipe's dropout and the task's head (its classes, its pooling) set."""
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(model_dir)
     if recipe.model.dropout is not None:
         _override_dropout(config, recipe.model.dropout)
+    task = get_task(recipe.task)
+    if task.head and not task.images:
+        config = head_config(config, resolve_pooling(model_dir, recipe.head.pooling)[0])
     if classes is not None:
         classes.configure(config, pad_id)
     return config

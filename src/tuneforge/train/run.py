@@ -21,7 +21,7 @@ from tuneforge.data.split import SPLITS
 from tuneforge.errors import UserError
 from tuneforge.methods import get_method
 from tuneforge.methods.model_parts import trainable_parameters, transformer_blocks
-from tuneforge.models.loader import load_inputs, resolve_model
+from tuneforge.models.loader import load_inputs, resolve_model, resolve_pooling
 from tuneforge.recipe import Recipe
 from tuneforge.recipe_file import load_recipe, validate_recipe
 from tuneforge.run_folder import create_run_dir, open_run, truncate_metrics, write_env
@@ -151,8 +151,9 @@ def plan_training(recipe: Recipe, prepared: Path | None = None) -> Setup:
 
 
 def derive_defaults(recipe: Recipe, task, tokenizer, prepared: Path, splits: dict[str, list[dict]]) -> list[Derived]:
-    """Fill the recipe's empty data.max_length (derived when the data was prepared), train.epochs and,
-    for a task that generates, eval.max_new_tokens (data/defaults.py); returns what was derived, why."""
+    """Fill the recipe's empty data.max_length (derived when the data was prepared), a text head's
+    head.pooling: auto (from the model folder), train.epochs and, for a task that generates,
+    eval.max_new_tokens (data/defaults.py); returns what was derived, why."""
     derived = []
     if recipe.data.max_length is None and not task.images:
         manifest = json.loads((prepared / "manifest.json").read_text())
@@ -164,6 +165,9 @@ def derive_defaults(recipe: Recipe, task, tokenizer, prepared: Path, splits: dic
             derived.append(Derived("data.image.size", record["value"], record["why"]))
             recipe.data.image.size = record["value"]
         set_image_side(tokenizer, recipe.data.image.size)  # saved with the model: every later stage sees it
+    if task.head and not task.images and recipe.head.pooling == "auto":
+        recipe.head.pooling, why = resolve_pooling(resolve_model(recipe.model.name), "auto")
+        derived.append(Derived("head.pooling", recipe.head.pooling, why))
     if recipe.train.epochs is None and recipe.train.max_steps is None:
         derived.append(defaults.epochs(len(splits["train"])))
         recipe.train.epochs = float(derived[-1].value)
